@@ -1,0 +1,182 @@
+"""The merge plan (which tokens pair up) and its application to hidden states and positions.
+
+A plan is integer work on the padding mask alone: for every output token it names the first and last input token
+it is made of (the same index when a token stays alone). Building it is vectorised over rows and tokens, so a
+padded batch costs one plan, and each row comes out exactly as if it had been merged alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .slerp import slerp
+
+METHODS = ("slerp", "mean", "drop")
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    first: torch.Tensor  # (B, S') long: index of the first input token of each output token
+    last: torch.Tensor  # (B, S') long: index of the second one (== first for a token left alone)
+    mask: torch.Tensor  # (B, S') bool: real output tokens; padding sits on the input's side
+
+    @property
+    def length(self) -> int:
+        return self.first.shape[1]
+
+
+@dataclass(frozen=True)
+class Merged:
+    hidden_states: torch.Tensor  # (B, S', D)
+    attention_mask: torch.Tensor  # (B, S'), the input mask's dtype (long when none was given)
+    positions: torch.Tensor  # (B, S') float: mean original position of each output token
+    plan: MergePlan
+
+
+def _check_keeps(keep_start: int, keep_end: int) -> None:
+    for name, value in (("keep_start", keep_start), ("keep_end", keep_end)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def padding_side(mask: torch.Tensor) -> str:
+    """'left' or 'right' for a (B, S) bool mask whose real tokens are contiguous in every row; else ValueError."""
+    n = mask.sum(1)
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    first = torch.where(mask, idx, mask.shape[1]).amin(1)
+    last = torch.where(mask, idx, -1).amax(1)
+    nonempty = n > 0
+    if not bool(((last - first + 1 == n) | ~nonempty).all()):
+        raise ValueError("attention_mask: the real tokens of each row must be contiguous (left or right padding)")
+    if bool((mask[:, -1] | ~nonempty).all()):
+        return "left"
+    if bool((mask[:, 0] | ~nonempty).all()):
+        return "right"
+    raise ValueError("attention_mask: every row must be padded on the same side (all left or all right)")
+
+
+def pair_consecutive(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0) -> torch.Tensor:
+    """The article's pairing as a (B, S) bool: True where a real token joins the real token before it.
+
+    Of the n real tokens of a row, the first keep_start and last keep_end stay alone; the m in between are
+    framed by a null at each end (and one more before the last token when m + 2 is odd) and cut into pairs, so
+    the first and last middle tokens stay alone and a middle of fewer than 3 tokens is left as it is.
+    """
+    _check_keeps(keep_start, keep_end)
+    rank = mask.long().cumsum(1) - 1  # index among the row's real tokens
+    n = mask.sum(1, keepdim=True)
+    ks = n.clamp(max=keep_start)
+    ke = (n - ks).clamp(max=keep_end)
+    m = n - ks - ke
+    k = rank - ks  # index inside the middle segment
+    in_middle = mask & (k >= 0) & (k < m)
+    last_of_odd = (k == m - 1) & (m % 2 == 1)  # the extra null sits just before it
+    return in_middle & (m >= 3) & (k >= 2) & (k % 2 == 0) & ~last_of_odd
+
+
+def plan_from_joins(mask: torch.Tensor, joins: torch.Tensor) -> MergePlan:
+    """Turn 'joins the previous real token' flags (B, S) into a plan; any pairing rule feeds through here.
+
+    A token may only join a real token that does not itself join its own predecessor (pairs, never triples).
+    """
+    mask = mask.bool()
+    joins = joins & mask
+    batch, seq = mask.shape
+    side = padding_side(mask) if seq else "left"
+    if bool((joins & (mask.long().cumsum(1) == 1)).any()):
+        raise ValueError("a merge plan may only join adjacent real tokens, in pairs (the first has no predecessor)")
+    starts = mask & ~joins
+    slot = starts.long().cumsum(1) - 1  # (B, S): output index of each real token, within its row
+    n_out = starts.sum(1)  # (B,)
+    out_len = int(n_out.max()) if batch and seq else 0
+    if side == "left":
+        slot = slot + (out_len - n_out)[:, None]
+    slot = torch.where(mask, slot, out_len)  # padding goes to a spare column, dropped below
+
+    idx = torch.arange(seq, device=mask.device).expand(batch, seq)
+    first = torch.full((batch, out_len + 1), seq, dtype=torch.long, device=mask.device)
+    last = torch.full((batch, out_len + 1), -1, dtype=torch.long, device=mask.device)
+    first = first.scatter_reduce(1, slot, idx, "amin")[:, :out_len]
+    last = last.scatter_reduce(1, slot, idx, "amax")[:, :out_len]
+    out_mask = last >= 0
+    if bool(((last - first > 1) & out_mask).any()):
+        raise ValueError("a merge plan may only join adjacent real tokens, in pairs")
+    first = torch.where(out_mask, first, 0)
+    last = torch.where(out_mask, last, 0)
+    return MergePlan(first=first, last=last, mask=out_mask)
+
+
+def plan_merge(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0) -> MergePlan:
+    """The article's plan for a (B, S) padding mask (bool or 0/1)."""
+    mask = mask.bool()
+    return plan_from_joins(mask, pair_consecutive(mask, keep_start, keep_end))
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, S, D) or (B, S), index (B, S') -> (B, S', D) or (B, S')."""
+    if x.dim() == 2:
+        return x.gather(1, index)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def apply_plan(hidden_states: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
+    """(B, S, D) -> (B, S', D). A token left alone comes through bit for bit."""
+    check_method(method)
+    a = _gather(hidden_states, plan.first)
+    b = _gather(hidden_states, plan.last)
+    if method == "drop":  # keep the later token: it has seen the most context
+        return b
+    pair = slerp(a, b, 0.5) if method == "slerp" else (a + b) / 2
+    return torch.where((plan.first == plan.last)[..., None], a, pair)
+
+
+def merge_positions(positions: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
+    """(B, S) original positions -> (B, S') float: the pair's mean, or the kept token's under 'drop'."""
+    positions = positions.to(torch.float32)
+    b = _gather(positions, plan.last)
+    if method == "drop":
+        return b
+    return (_gather(positions, plan.first) + b) / 2
+
+
+def merge_sequence(
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    keep_start: int = 0,
+    keep_end: int = 0,
+    method: str = "slerp",
+    positions: torch.Tensor | None = None,
+) -> Merged:
+    """Merge consecutive token pairs of ``hidden_states`` (B, S, D) as the article describes.
+
+    attention_mask (B, S): 1 for real tokens, padding on either side. positions (B, S): the tokens' original
+    positions, by default their index among the row's real tokens.
+    """
+    check_method(method)
+    if hidden_states.dim() != 3:
+        raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
+    batch, seq, _ = hidden_states.shape
+    mask = (
+        torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device)
+        if attention_mask is None
+        else attention_mask
+    )
+    if mask.shape != (batch, seq):
+        raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
+    real = mask.bool()
+    if positions is None:
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    plan = plan_merge(real, keep_start, keep_end)
+    return Merged(
+        hidden_states=apply_plan(hidden_states, plan, method),
+        attention_mask=plan.mask.to(mask.dtype),
+        positions=torch.where(plan.mask, merge_positions(positions.expand(batch, seq), plan, method), 0.0),
+        plan=plan,
+    )

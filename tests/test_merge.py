@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from slerpmerge import merge_sequence, slerp
+from slerpmerge.merge import plan_from_joins
+
+KEEPS = [(0, 0), (1, 0), (0, 1), (2, 3), (4, 16), (40, 40)]
+
+
+def reference(hidden: torch.Tensor, keep_start: int, keep_end: int, method: str):
+    """The article's procedure, literally and one token at a time, for one row (S, D)."""
+    n = hidden.shape[0]
+    tokens = [(hidden[i], float(i)) for i in range(n)]
+    ks = min(keep_start, n)
+    ke = min(keep_end, n - ks)
+    head, middle, tail = tokens[:ks], tokens[ks:n - ke], tokens[n - ke:]
+    if len(middle) >= 3:
+        framed = [None, *middle, None]
+        if len(framed) % 2:
+            framed.insert(len(framed) - 2, None)  # one more null, just before the last real token
+        merged = []
+        for a, b in zip(framed[0::2], framed[1::2]):
+            if a is None or b is None:
+                merged.append(a if b is None else b)
+            elif method == "drop":
+                merged.append(b)
+            else:
+                v = slerp(a[0], b[0], 0.5) if method == "slerp" else (a[0] + b[0]) / 2
+                merged.append((v, (a[1] + b[1]) / 2))
+        middle = merged
+    out = head + middle + tail
+    if not out:
+        return hidden[:0], torch.zeros(0)
+    return torch.stack([v for v, _ in out]), torch.tensor([p for _, p in out])
+
+
+def expected_length(n: int, keep_start: int, keep_end: int) -> int:
+    ks = min(keep_start, n)
+    ke = min(keep_end, n - ks)
+    m = n - ks - ke
+    mid = m if m < 3 else (m // 2 + 1 if m % 2 == 0 else (m + 3) // 2)
+    return ks + mid + ke
+
+
+@pytest.mark.parametrize("keep_start,keep_end", KEEPS)
+@pytest.mark.parametrize("method", ["slerp", "mean", "drop"])
+def test_every_length_matches_the_article(keep_start, keep_end, method):
+    torch.manual_seed(0)
+    for n in range(65):
+        hidden = torch.randn(1, n, 16)
+        out = merge_sequence(hidden, keep_start=keep_start, keep_end=keep_end, method=method)
+        want, want_pos = reference(hidden[0], keep_start, keep_end, method)
+        assert out.hidden_states.shape == (1, expected_length(n, keep_start, keep_end), 16)
+        assert torch.allclose(out.hidden_states[0], want, atol=1e-6), n
+        if method != "drop":
+            assert torch.equal(out.positions[0], want_pos), n
+        assert out.attention_mask.all()
+        if n:  # the first and last real tokens and the kept ones come through bit for bit
+            ks, ke = min(keep_start, n), min(keep_end, n - min(keep_start, n))
+            assert torch.equal(out.hidden_states[0, 0], hidden[0, 0])
+            assert torch.equal(out.hidden_states[0, -1], hidden[0, -1])
+            assert torch.equal(out.hidden_states[0, :ks], hidden[0, :ks])
+            if ke:
+                assert torch.equal(out.hidden_states[0, -ke:], hidden[0, -ke:])
+
+
+def test_short_sequences_stay_as_they_are():
+    for n in range(3):
+        hidden = torch.randn(2, n, 4)
+        out = merge_sequence(hidden)
+        assert torch.equal(out.hidden_states, hidden)
+        assert torch.equal(out.positions, torch.arange(n, dtype=torch.float32).expand(2, n))
+
+
+def test_length_formula_examples():
+    # n even -> n/2 + 1, n odd -> (n + 3)/2
+    assert merge_sequence(torch.randn(1, 512, 4)).hidden_states.shape[1] == 257
+    assert merge_sequence(torch.randn(1, 9, 4)).hidden_states.shape[1] == 6
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("keep_start,keep_end", [(0, 0), (1, 2)])
+def test_padded_rows_equal_rows_merged_alone(side, keep_start, keep_end):
+    torch.manual_seed(1)
+    lengths = [0, 1, 2, 3, 7, 12, 19, 20]
+    seq = max(lengths)
+    hidden = torch.randn(len(lengths), seq, 8)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if side == "left":
+            mask[row, seq - n:] = 1
+        else:
+            mask[row, :n] = 1
+    out = merge_sequence(hidden, mask, keep_start, keep_end)
+    width = out.hidden_states.shape[1]
+    assert width == max(expected_length(n, keep_start, keep_end) for n in lengths)
+    for row, n in enumerate(lengths):
+        real = hidden[row:row + 1, seq - n:] if side == "left" else hidden[row:row + 1, :n]
+        alone = merge_sequence(real, keep_start=keep_start, keep_end=keep_end)
+        k = alone.hidden_states.shape[1]
+        cols = slice(width - k, width) if side == "left" else slice(0, k)
+        assert torch.equal(out.hidden_states[row, cols], alone.hidden_states[0])
+        assert torch.equal(out.positions[row, cols], alone.positions[0])
+        assert out.attention_mask[row].sum() == k
+        assert out.attention_mask[row, cols].all()
+        assert out.attention_mask.dtype == mask.dtype
+
+
+def test_positions_follow_given_positions():
+    hidden = torch.randn(1, 6, 4)
+    out = merge_sequence(hidden, positions=torch.arange(10, 16)[None])
+    assert out.positions[0].tolist() == [10.0, 11.5, 13.5, 15.0]
+
+
+def test_bad_masks_and_arguments():
+    hidden = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        merge_sequence(hidden, torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="same side"):
+        merge_sequence(hidden, torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]))
+    with pytest.raises(ValueError, match="keep_start"):
+        merge_sequence(hidden, keep_start=-1)
+    with pytest.raises(ValueError, match="method"):
+        merge_sequence(hidden, method="average")
+    with pytest.raises(ValueError, match="batch, seq, dim"):
+        merge_sequence(hidden[0])
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        merge_sequence(hidden, torch.ones(2, 4))
+
+
+def test_plans_only_join_pairs():
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="pairs"):
+        plan_from_joins(mask, torch.tensor([[False, True, True, False, False]]))
+    with pytest.raises(ValueError, match="pairs"):
+        plan_from_joins(mask, torch.tensor([[True, False, False, False, False]]))
+
+
+def test_half_precision_and_nan_free():
+    hidden = torch.randn(2, 33, 16, dtype=torch.bfloat16)
+    hidden[0, 3] = 0  # zero vector
+    hidden[0, 4] = -hidden[0, 5]  # opposite pair somewhere
+    out = merge_sequence(hidden)
+    assert out.hidden_states.dtype == torch.bfloat16
+    assert torch.isfinite(out.hidden_states).all()

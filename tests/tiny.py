@@ -1,0 +1,47 @@
+"""Tiny random models of every supported architecture, built from config: no download."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+    AutoModelForCausalLM,
+)
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**COMMON),
+    "mistral": lambda: MistralConfig(**COMMON, sliding_window=8),
+    "qwen2": lambda: Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=8, max_window_layers=2),
+    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16),
+    "gemma3": lambda: Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=8,
+                                       layer_types=["sliding_attention", "full_attention"] * 2),
+    "phi3": lambda: Phi3Config(**COMMON),
+}
+ARCHITECTURES = tuple(CONFIGS)
+
+
+def tiny_model(arch: str = "llama", attn: str = "sdpa", seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    config._attn_implementation = attn
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype).eval()
+    # Random init is small: scale the weights up a little so that tokens differ and attention matters.
+    return model
