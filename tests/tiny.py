@@ -43,5 +43,5 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa", seed: int = 0, dtype=tor
     config = CONFIGS[arch]()
     config._attn_implementation = attn
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype).eval()
-    # Random init is small: scale the weights up a little so that tokens differ and attention matters.
+    model.generation_config.eos_token_id = None  # random weights: generate exactly max_new_tokens
     return model

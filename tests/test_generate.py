@@ -1,0 +1,132 @@
+"""Generation with the merged KV cache, on tiny models of every architecture."""
+
+import copy
+
+import pytest
+import torch
+from test_hooks import ids_and_mask
+from tiny import ARCHITECTURES, tiny_model
+from transformers import DynamicCache
+
+import slerpmerge
+from slerpmerge.merge import plan_merge
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def model(request):
+    return tiny_model(request.param)
+
+
+def positions_of(mask):
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("positions", ["original", "reindex"])
+@torch.no_grad()
+def test_cached_decoding_equals_merging_the_whole_sequence(model, positions):
+    """Step k with the merged cache must equal one forward over prompt + k tokens that keeps those k unmerged."""
+    lengths, steps = [22, 15, 9], 4
+    ids, mask = ids_and_mask(lengths)
+    new = torch.randint(3, 128, (len(lengths), steps), generator=torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(model)
+    with slerpmerge.merging(model, layer_cutoff=1, keep_start=1, positions=positions):
+        cache = DynamicCache(config=model.config)
+        model(ids, attention_mask=mask, position_ids=positions_of(mask), past_key_values=cache, use_cache=True)
+        for k in range(steps):
+            full_mask = torch.cat([mask, torch.ones(len(lengths), k + 1, dtype=torch.long)], 1)
+            step = model(new[:, k:k + 1], attention_mask=full_mask, position_ids=positions_of(full_mask)[:, -1:],
+                         past_key_values=cache, use_cache=True).logits
+            with slerpmerge.merging(reference, layer_cutoff=1, keep_start=1, keep_end=k + 1, positions=positions):
+                whole = reference(torch.cat([ids, new[:, :k + 1]], 1), attention_mask=full_mask,
+                                  position_ids=positions_of(full_mask)).logits
+            torch.testing.assert_close(step[:, -1], whole[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_cache_holds_full_prompt_before_and_merged_prompt_after_the_cutoff(model):
+    ids, mask = ids_and_mask([30, 19])
+    cutoff, new = 1, 6
+    merged_len = plan_merge(mask).length
+    with slerpmerge.merging(model, layer_cutoff=cutoff):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                             return_dict_in_generate=True)
+    cache = out.past_key_values
+    for i, layer in enumerate(cache.layers):
+        seen = ids.shape[1] if i <= cutoff else merged_len
+        assert layer.get_seq_length() == seen + new - 1, i  # the last new token is never fed back
+        if not layer.is_sliding:
+            assert layer.keys.shape[-2] == seen + new - 1
+
+
+@torch.no_grad()
+def test_cutoff_at_last_layer_generates_like_the_base_model(model):
+    ids, mask = ids_and_mask([25, 12])
+    base = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    with slerpmerge.merging(model, layer_cutoff=model.config.num_hidden_layers - 1):
+        merged = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(merged, base)
+
+
+@torch.no_grad()
+def test_batch_rows_generate_like_prompts_alone(model):
+    lengths = [26, 17, 6]
+    ids, mask = ids_and_mask(lengths)
+    with slerpmerge.merging(model, layer_cutoff=1, keep_end=2):
+        batch = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        for row, n in enumerate(lengths):
+            alone = model.generate(ids[row:row + 1, -n:], max_new_tokens=6, do_sample=False)
+            assert torch.equal(batch[row, -6:], alone[0, -6:]), row
+
+
+@torch.no_grad()
+def test_recompute_mode_remerges_the_whole_sequence_every_step(model):
+    ids, _ = ids_and_mask([18])
+    with slerpmerge.merging(model, layer_cutoff=1, cache="recompute"):
+        out = model.generate(ids, max_new_tokens=5, do_sample=False)
+        seq = ids
+        for _ in range(5):
+            nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(out, seq)
+
+
+@torch.no_grad()
+def test_short_prompts_and_no_new_tokens_behave_like_the_base_model(model):
+    for n in (1, 2):
+        ids = torch.randint(3, 128, (1, n))
+        base = model.generate(ids, max_new_tokens=6, do_sample=False)
+        with slerpmerge.merging(model, layer_cutoff=1):
+            assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), base)
+    ids, _ = ids_and_mask([20])
+    base_empty = model.generate(max_new_tokens=4, do_sample=False)  # no prompt: starts from BOS
+    with pytest.raises(ValueError, match="max_new_tokens") as base_error:
+        model.generate(ids, max_new_tokens=0)
+    with slerpmerge.merging(model, layer_cutoff=1):
+        with pytest.raises(ValueError, match="max_new_tokens") as merged_error:
+            model.generate(ids, max_new_tokens=0)
+        assert str(merged_error.value) == str(base_error.value)
+        assert torch.equal(model.generate(max_new_tokens=4, do_sample=False), base_empty)
+
+
+@torch.no_grad()
+def test_sampling_with_a_seed_and_beam_search(model):
+    ids, mask = ids_and_mask([24, 14])
+    with slerpmerge.merging(model, layer_cutoff=1):
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(7)
+            runs.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=20))
+        assert torch.equal(runs[0], runs[1])
+        beams = model.generate(ids, attention_mask=mask, max_new_tokens=5, num_beams=3, do_sample=False,
+                               num_return_sequences=2)
+        assert beams.shape == (4, ids.shape[1] + 5)
+
+
+@torch.no_grad()
+def test_a_foreign_cache_is_refused(model):
+    ids, _ = ids_and_mask([12])
+    cache = DynamicCache(config=model.config)
+    model(ids, past_key_values=cache, use_cache=True)  # filled unpatched
+    with slerpmerge.merging(model, layer_cutoff=1):
+        with pytest.raises(RuntimeError, match="merged prefill"):
+            model(ids[:, :1], past_key_values=cache, use_cache=True)
