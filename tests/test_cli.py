@@ -1,0 +1,78 @@
+"""The `slerpmerge` command, driven as a user would: in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin=None, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "slerpmerge", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("sub", [[], ["generate"], ["models"]])
+def test_help(sub):
+    out = run(*sub, "--help").stdout
+    assert "usage: slerpmerge" in out
+
+
+def test_generate_compare_json_with_cutoff_at_last_layer():
+    proc = run("generate", "--compare", "--json", "--max-new-tokens", "8", "--layer-cutoff", "29")
+    result = json.loads(proc.stdout)
+    for key in ("model", "layer_cutoff", "prompt_tokens", "speedup_prefill", "agreement"):
+        assert key in result
+    for side in ("base", "merged"):
+        for key in ("text", "prefill_s", "total_s", "tokens_per_s"):
+            assert key in result[side]
+        assert result[side]["prefill_s"] > 0
+    assert result["model"] == "smollm2-135m" and result["layer_cutoff"] == 29
+    assert result["prompt_tokens"] > 500  # the embedded long document
+    assert result["agreement"] == 1.0 and result["base"]["text"] == result["merged"]["text"]
+
+
+def test_prompt_from_stdin_file_and_config(tmp_path):
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"layer_cutoff": 7, "keep_end": 3}))
+    from_stdin = json.loads(run("generate", "-f", "-", "--json", "--max-new-tokens", "4", "--no-chat",
+                                "--config", str(config), stdin="The sea is").stdout)
+    assert from_stdin["layer_cutoff"] == 7 and from_stdin["keep_end"] == 3
+    assert from_stdin["prompt_tokens"] == 3
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The sea is")
+    from_file = json.loads(run("generate", "-f", str(prompt), "--json", "--max-new-tokens", "4", "--no-chat",
+                               "--config", str(config), "--keep-end", "5").stdout)
+    assert from_file["merged"]["text"] == from_stdin["merged"]["text"]
+    assert from_file["keep_end"] == 5  # a flag beats the config file
+
+
+def test_generate_prints_both_answers_and_figures():
+    out = run("generate", "The capital of France is", "--no-chat", "--compare", "--max-new-tokens", "6").stdout
+    assert "--- base ---" in out and "--- merged (layer_cutoff=20" in out
+    assert "prefill speedup" in out and "agree with the base model" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--model", "nosuch"], "unknown model 'nosuch'.*smollm2-135m, gemma3-270m"),
+    (["generate", "hi", "--layer-cutoff", "30"], r"0\.\.29 \(this model has 30 layers\)"),
+    (["generate", "-f", "/no/such/prompt.txt"], "cannot read prompt file /no/such/prompt.txt"),
+    (["generate", "hi", "--method", "avg"], "invalid choice: 'avg'"),
+])
+def test_errors_a_user_can_act_on(args, message):
+    import re
+
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_models_lists_builtins():
+    out = run("models").stdout
+    assert "smollm2-135m" in out and "gemma3-270m" in out
+    assert "30" in out and "18" in out
