@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_models)
 
+    from . import bench
+
+    bench.add_parser(sub, _model_arguments, _merge_arguments)
     return parser
 
 

@@ -7,6 +7,7 @@ padded batch costs one plan, and each row comes out exactly as if it had been me
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,10 +22,19 @@ class MergePlan:
     first: torch.Tensor  # (B, S') long: index of the first input token of each output token
     last: torch.Tensor  # (B, S') long: index of the second one (== first for a token left alone)
     mask: torch.Tensor  # (B, S') bool: real output tokens; padding sits on the input's side
+    mask_in_len: int  # S, the input length the indices point into
 
     @property
     def length(self) -> int:
         return self.first.shape[1]
+
+    @functools.cached_property
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """first and last as indices into the (B·S) rows of a flattened input: one index_select each."""
+        batch, out_len = self.first.shape
+        seq = self.mask_in_len
+        offset = torch.arange(batch, device=self.first.device)[:, None] * seq
+        return (self.first + offset).reshape(-1), (self.last + offset).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ def plan_from_joins(mask: torch.Tensor, joins: torch.Tensor) -> MergePlan:
         raise ValueError("a merge plan may only join adjacent real tokens, in pairs")
     first = torch.where(out_mask, first, 0)
     last = torch.where(out_mask, last, 0)
-    return MergePlan(first=first, last=last, mask=out_mask)
+    return MergePlan(first=first, last=last, mask=out_mask, mask_in_len=seq)
 
 
 def plan_merge(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0) -> MergePlan:
@@ -119,31 +129,39 @@ def plan_merge(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0) -> Me
     return plan_from_joins(mask, pair_consecutive(mask, keep_start, keep_end))
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, S, D) or (B, S), index (B, S') -> (B, S', D) or (B, S')."""
-    if x.dim() == 2:
-        return x.gather(1, index)
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+def _take(x: torch.Tensor, plan: MergePlan, which: int) -> torch.Tensor:
+    """x (B, S, ...) at the plan's first (0) or last (1) indices -> (B, S', ...); index_select beats gather on CPU."""
+    batch, seq = x.shape[:2]
+    if seq != plan.mask_in_len:
+        raise ValueError(f"the plan was made for {plan.mask_in_len} tokens, the input has {seq}")
+    rows = x.reshape(batch * seq, *x.shape[2:]).index_select(0, plan.flat[which])
+    return rows.view(batch, plan.length, *x.shape[2:])
 
 
 def apply_plan(hidden_states: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
-    """(B, S, D) -> (B, S', D). A token left alone comes through bit for bit."""
+    """(B, S, D) -> (B, S', D). A token left alone comes through bit for bit (x merged with itself is x)."""
     check_method(method)
-    a = _gather(hidden_states, plan.first)
-    b = _gather(hidden_states, plan.last)
+    b = _take(hidden_states, plan, 1)
     if method == "drop":  # keep the later token: it has seen the most context
         return b
-    pair = slerp(a, b, 0.5) if method == "slerp" else (a + b) / 2
-    return torch.where((plan.first == plan.last)[..., None], a, pair)
+    a = _take(hidden_states, plan, 0)
+    if method == "mean":
+        return a.mul_(0.5).add_(b, alpha=0.5)  # halves first: no overflow near the dtype's range
+    return slerp(a, b, 0.5)
 
 
 def merge_positions(positions: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
     """(B, S) original positions -> (B, S') float: the pair's mean, or the kept token's under 'drop'."""
     positions = positions.to(torch.float32)
-    b = _gather(positions, plan.last)
+    b = _take(positions, plan, 1)
     if method == "drop":
         return b
-    return (_gather(positions, plan.first) + b) / 2
+    return (_take(positions, plan, 0) + b) / 2
+
+
+@functools.lru_cache(maxsize=32)
+def _unpadded_plan(batch: int, seq: int, keep_start: int, keep_end: int, device: torch.device) -> MergePlan:
+    return plan_merge(torch.ones(batch, seq, dtype=torch.bool, device=device), keep_start, keep_end)
 
 
 def merge_sequence(
@@ -163,17 +181,16 @@ def merge_sequence(
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     batch, seq, _ = hidden_states.shape
-    mask = (
-        torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device)
-        if attention_mask is None
-        else attention_mask
-    )
-    if mask.shape != (batch, seq):
-        raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
-    real = mask.bool()
+    if attention_mask is None:  # the plan depends on lengths alone: build it once per shape
+        plan = _unpadded_plan(batch, seq, keep_start, keep_end, hidden_states.device)
+        mask = torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device)
+    else:
+        mask = attention_mask
+        if mask.shape != (batch, seq):
+            raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
+        plan = plan_merge(mask.bool(), keep_start, keep_end)
     if positions is None:
-        positions = (real.long().cumsum(1) - 1).clamp(min=0)
-    plan = plan_merge(real, keep_start, keep_end)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     return Merged(
         hidden_states=apply_plan(hidden_states, plan, method),
         attention_mask=plan.mask.to(mask.dtype),
