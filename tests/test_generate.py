@@ -21,22 +21,33 @@ def positions_of(mask):
     return (mask.cumsum(1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("positions", ["original", "reindex"])
+VARIANTS = [
+    dict(positions="original"),
+    dict(positions="reindex"),
+    dict(positions="original", layer_cutoff=[0, 2]),  # two stages
+    dict(positions="reindex", layer_cutoff=[0, 2]),
+    dict(positions="original", ratio=0.5),
+    dict(positions="original", similarity=0.0),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 @torch.no_grad()
-def test_cached_decoding_equals_merging_the_whole_sequence(model, positions):
+def test_cached_decoding_equals_merging_the_whole_sequence(model, variant):
     """Step k with the merged cache must equal one forward over prompt + k tokens that keeps those k unmerged."""
+    variant = {"layer_cutoff": 1, **variant}
     lengths, steps = [22, 15, 9], 4
     ids, mask = ids_and_mask(lengths)
     new = torch.randint(3, 128, (len(lengths), steps), generator=torch.Generator().manual_seed(5))
     reference = copy.deepcopy(model)
-    with slerpmerge.merging(model, layer_cutoff=1, keep_start=1, positions=positions):
+    with slerpmerge.merging(model, keep_start=1, **variant):
         cache = DynamicCache(config=model.config)
         model(ids, attention_mask=mask, position_ids=positions_of(mask), past_key_values=cache, use_cache=True)
         for k in range(steps):
             full_mask = torch.cat([mask, torch.ones(len(lengths), k + 1, dtype=torch.long)], 1)
             step = model(new[:, k:k + 1], attention_mask=full_mask, position_ids=positions_of(full_mask)[:, -1:],
                          past_key_values=cache, use_cache=True).logits
-            with slerpmerge.merging(reference, layer_cutoff=1, keep_start=1, keep_end=k + 1, positions=positions):
+            with slerpmerge.merging(reference, keep_start=1, keep_end=k + 1, **variant):
                 whole = reference(torch.cat([ids, new[:, :k + 1]], 1), attention_mask=full_mask,
                                   position_ids=positions_of(full_mask)).logits
             torch.testing.assert_close(step[:, -1], whole[:, -1], atol=1e-4, rtol=1e-4)
@@ -56,6 +67,28 @@ def test_cache_holds_full_prompt_before_and_merged_prompt_after_the_cutoff(model
         assert layer.get_seq_length() == seen + new - 1, i  # the last new token is never fed back
         if not layer.is_sliding:
             assert layer.keys.shape[-2] == seen + new - 1
+
+
+@torch.no_grad()
+def test_every_stage_caches_its_own_length(model):
+    ids, _ = ids_and_mask([40])
+    new = 3
+    with slerpmerge.merging(model, layer_cutoff=[0, 2]):
+        out = model.generate(ids, max_new_tokens=new, do_sample=False, return_dict_in_generate=True)
+    once = plan_merge(torch.ones(1, 40, dtype=torch.bool)).length
+    twice = plan_merge(torch.ones(1, once, dtype=torch.bool)).length
+    seen = [40, once, once, twice]
+    assert [layer.get_seq_length() for layer in out.past_key_values.layers] == [n + new - 1 for n in seen]
+
+
+@torch.no_grad()
+def test_similar_pairs_only(model):
+    ids, _ = ids_and_mask([41])
+    with slerpmerge.merging(model, layer_cutoff=1, similarity=1.0):  # nothing is that similar: nothing merges
+        assert model(ids).logits.shape[1] == 41
+    with slerpmerge.merging(model, layer_cutoff=1, ratio=0.5):
+        assert model(ids).logits.shape[1] == 41 - 10  # half of the 19 pairs, rounded up
+        assert slerpmerge.hooks.merged_length(model) == 31
 
 
 @torch.no_grad()

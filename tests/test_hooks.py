@@ -61,12 +61,14 @@ def test_keeping_everything_reproduces_the_model(model, positions):
 
 
 @pytest.mark.parametrize("positions", ["original", "reindex"])
-@pytest.mark.parametrize("method", ["slerp", "mean", "drop"])
+@pytest.mark.parametrize("variant", [dict(method="slerp"), dict(method="mean"), dict(method="drop"),
+                                     dict(layer_cutoff=[0, 2]), dict(ratio=0.4), dict(similarity=0.2)],
+                         ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 @torch.no_grad()
-def test_padded_rows_equal_rows_alone(model, positions, method):
+def test_padded_rows_equal_rows_alone(model, positions, variant):
     lengths = [23, 18, 7, 3]
     ids, mask = ids_and_mask(lengths)
-    with slerpmerge.merging(model, layer_cutoff=1, keep_end=2, positions=positions, method=method):
+    with slerpmerge.merging(model, **{"layer_cutoff": 1, **variant}, keep_end=2, positions=positions):
         batch = model(ids, attention_mask=mask).logits
         for row, n in enumerate(lengths):
             alone = model(ids[row:row + 1, -n:]).logits[0]
@@ -121,6 +123,10 @@ def test_merging_unpatches_on_error(model):
     (dict(layer_cutoff=1, method="avg"), "slerp, mean, drop"),
     (dict(layer_cutoff=1, positions="middle"), "original, reindex"),
     (dict(layer_cutoff=1, cache="none"), "merged, recompute"),
+    (dict(layer_cutoff=[2, 1]), "strictly increasing"),
+    (dict(layer_cutoff=[1, 9]), r"0\.\.3"),
+    (dict(layer_cutoff=1, similarity=0.5, ratio=0.5), "not both"),
+    (dict(layer_cutoff=1, ratio=1.5), r"in \[0, 1\]"),
 ])
 def test_bad_arguments_say_what_is_accepted(model, kwargs, match):
     with pytest.raises(ValueError, match=match):

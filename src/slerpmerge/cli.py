@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_models)
 
-    from . import bench
+    from . import bench, evaluate
 
     bench.add_parser(sub, _model_arguments, _merge_arguments)
+    evaluate.add_parser(sub, _model_arguments)
     return parser
 
 

@@ -25,7 +25,7 @@ class Timed:
         return (len(self.tokens) - 1) / decode_s if len(self.tokens) > 1 and decode_s > 0 else 0.0
 
 
-class _FirstTokenClock(BaseStreamer):
+class FirstTokenClock(BaseStreamer):
     """generate() hands a streamer the prompt first, then each new token: the second call marks prefill's end."""
 
     def __init__(self):
@@ -53,7 +53,7 @@ def timed_generate(model, tokenizer, inputs: dict, max_new_tokens: int, warmup: 
     kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if warmup:
         model.generate(**inputs, max_new_tokens=2, **kwargs)
-    clock = _FirstTokenClock()
+    clock = FirstTokenClock()
     start = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=clock, **kwargs)
     total = time.perf_counter() - start

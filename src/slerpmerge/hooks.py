@@ -1,15 +1,16 @@
-"""Hooking a Hugging Face causal LM so that its token sequence is merged after one decoder layer.
+"""Hooking a Hugging Face causal LM so that its token sequence is merged after a decoder layer (or several).
 
-Nothing of an architecture's forward is copied. Three hooks ride on the decoder's own loop:
+Nothing of an architecture's forward is copied. Three kinds of hooks ride on the decoder's own loop:
 
     decoder pre-hook       note the 2D padding mask and how much the cache has already seen
-    layer `cutoff` hook    prefill: merge its output (B, S, D) -> (B, S', D); decode: merge nothing
-                           both: rebuild rotary embeddings and masks for the later layers, once per forward,
-                           with the model's own rotary module and mask functions
+    each cutoff's hook     prefill: merge its output (B, S, D) -> (B, S', D); decode: merge nothing
+                           both: rebuild rotary embeddings and masks for the layers up to the next cutoff, once
+                           per forward, with the model's own rotary module and mask functions
     later layers' hooks    swap in those embeddings and masks
 
-The cache of layers 0..cutoff holds the full prompt, that of later layers the merged prompt; decode steps append
-their token to both. What a prefill learned (merged padding mask, position shift) stays for its decode steps.
+The cache of layers 0..cutoff holds the full prompt, that of later layers the merged prompt (merged again after
+each further cutoff); decode steps append their token to all. What a prefill learned (merged padding masks,
+position shifts) stays for its decode steps.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from .merge import check_method, merge_sequence
+from .merge import check_method, check_similarity, merge_sequence
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -37,12 +38,19 @@ MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": cre
 class MergeSettings:
     """How a patched model merges. ``patch(model, **asdict(settings))`` re-applies it."""
 
-    layer_cutoff: int
+    layer_cutoff: int | tuple[int, ...]  # merge after this layer; several: merge again after each
     keep_start: int = 0
     keep_end: int = 0
     positions: str = "original"  # later layers see each merged token at its pair's mean position, or "reindex"
     method: str = "slerp"  # or "mean", "drop"
     cache: str = "merged"  # or "recompute": no cache, the whole sequence merged again at every step
+    similarity: float | None = None  # merge only pairs whose hidden states' cosine reaches this
+    ratio: float | None = None  # or only this fraction of the pairs, the most similar first
+
+    @property
+    def cutoffs(self) -> tuple[int, ...]:
+        c = self.layer_cutoff
+        return tuple(c) if isinstance(c, (list, tuple)) else (c,)
 
 
 def layer_types(config) -> list[str]:
@@ -80,11 +88,15 @@ def _check_model(model) -> None:
 
 
 def _check_settings(s: MergeSettings, num_layers: int) -> None:
-    if isinstance(s.layer_cutoff, bool) or not isinstance(s.layer_cutoff, int):
-        raise ValueError(f"layer_cutoff must be an integer, got {s.layer_cutoff!r}")
-    if not 0 <= s.layer_cutoff < num_layers:
-        raise ValueError(f"layer_cutoff must be in 0..{num_layers - 1} (this model has {num_layers} layers), "
-                         f"got {s.layer_cutoff}")
+    cutoffs = s.cutoffs
+    if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs):
+        raise ValueError(f"layer_cutoff must be an integer or a list of integers, got {s.layer_cutoff!r}")
+    for c in cutoffs:
+        if not 0 <= c < num_layers:
+            raise ValueError(f"layer_cutoff must be in 0..{num_layers - 1} (this model has {num_layers} layers), "
+                             f"got {c}")
+    if list(cutoffs) != sorted(set(cutoffs)):
+        raise ValueError(f"several layer cutoffs must be strictly increasing, got {list(cutoffs)}")
     for name in ("keep_start", "keep_end"):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -94,6 +106,19 @@ def _check_settings(s: MergeSettings, num_layers: int) -> None:
     if s.cache not in CACHES:
         raise ValueError(f"cache must be one of {', '.join(CACHES)}; got {s.cache!r}")
     check_method(s.method)
+    check_similarity(s.similarity, s.ratio)
+
+
+@dataclass
+class _Stage:
+    """One merge point: its cutoff, the later layers it feeds, and what its prefill left for decoding."""
+
+    cutoff: int
+    mask_layer: dict  # layer type -> first layer of that type it feeds: the cache its masks are sized on
+    merged_mask: torch.Tensor | None = None  # (B, S_k) bool, None when no row is padded
+    merged_len: int = 0
+    shift: torch.Tensor | int = 0  # true position - position its layers see
+    kwargs: dict | None = None  # layer type -> kwargs for its layers, this forward
 
 
 class _Merger:
@@ -104,22 +129,27 @@ class _Merger:
         self.decoder = model.model
         self.config = model.config
         types = layer_types(self.config)
-        later = range(settings.layer_cutoff + 1, len(self.decoder.layers))
-        self.mask_layer = {}  # layer type -> first later layer of that type: the cache the mask is sized on
-        for i in later:
-            self.mask_layer.setdefault(types[i], i)
+        num_layers = len(self.decoder.layers)
+        bounds = [*settings.cutoffs, num_layers - 1]
+        self.stages = []
+        for k, cutoff in enumerate(settings.cutoffs):
+            stage = _Stage(cutoff, {})
+            for i in range(cutoff + 1, bounds[k + 1] + 1):
+                stage.mask_layer.setdefault(types[i], i)
+            self.stages.append(stage)
         self.rotary_per_type = "layer_type" in inspect.signature(self.decoder.rotary_emb.forward).parameters
 
         self.handles = [
             model.register_forward_pre_hook(self._before_model, with_kwargs=True),
             self.decoder.register_forward_pre_hook(self._before_decoder, with_kwargs=True),
             self.decoder.register_forward_hook(self._after_decoder),
-            self.decoder.layers[settings.layer_cutoff].register_forward_hook(self._after_cutoff, with_kwargs=True),
         ]
-        for i in later:
-            self.handles.append(
-                self.decoder.layers[i].register_forward_pre_hook(self._later_hook(types[i]), with_kwargs=True)
-            )
+        for k, stage in enumerate(self.stages):
+            layer = self.decoder.layers[stage.cutoff]
+            self.handles.append(layer.register_forward_hook(self._cutoff_hook(k), with_kwargs=True))
+            for i in range(stage.cutoff + 1, bounds[k + 1] + 1):
+                hook = self._later_hook(stage, types[i])
+                self.handles.append(self.decoder.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
         self.saved_use_cache = model.generation_config.use_cache
         if settings.cache == "recompute":
             model.generation_config.use_cache = False
@@ -127,12 +157,15 @@ class _Merger:
         # Per forward.
         self.pad_mask: torch.Tensor | None = None  # (B, past + q) 2D padding mask as given, or None
         self.past = 0  # tokens the cache had seen before this forward
-        self.later_kwargs: dict[str, dict] | None = None  # layer type -> kwargs for the later layers
+        self.mask: torch.Tensor | None = None  # the current sequence's padding mask (B, S_k), or None
+        self.positions: torch.Tensor | None = None  # the current sequence's true (mean) positions (B, S_k)
         # Per prefill, kept for its decode steps.
         self.cache_ref = None
-        self.prompt_len = self.merged_len = 0
-        self.merged_mask: torch.Tensor | None = None  # (B, S') bool, None when the prompt had no padding
-        self.shift: torch.Tensor | int = 0  # true position - position seen by the later layers
+        self.prompt_len = 0
+
+    @property
+    def merged_len(self) -> int:
+        return self.stages[-1].merged_len
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -154,78 +187,91 @@ class _Merger:
             raise ValueError(f"a patched model needs a DynamicCache (the default); got {type(cache).__name__}")
         self.pad_mask = mask
         self.past = cache.get_seq_length() if cache is not None else 0
-        self.later_kwargs = None
 
     def _after_decoder(self, module, args, output):
-        self.later_kwargs = None  # release the masks
+        for stage in self.stages:
+            stage.kwargs = None  # release the masks
+        self.mask = self.positions = None
 
-    def _after_cutoff(self, module, args, kwargs, output):
-        hidden = output[0] if isinstance(output, tuple) else output  # (B, q, D)
-        batch, q, _ = hidden.shape
-        cache = kwargs.get("past_key_values")
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(self.past, self.past + q, device=hidden.device)[None]
-        positions = positions.expand(batch, q)
-        if self.past == 0:
-            hidden = self._prefill(hidden, positions, cache)
-        else:
-            self._decode(hidden, positions, cache)
+    def _cutoff_hook(self, k: int):
+        def hook(module, args, kwargs, output):
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, q, D)
+            cache = kwargs.get("past_key_values")
+            if self.past == 0:
+                if k == 0:
+                    self._start_prefill(hidden, kwargs.get("position_ids"), cache)
+                hidden = self._prefill(self.stages[k], hidden, cache)
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            if k == 0:  # later cutoffs' kwargs hold positions already shifted for their stage: keep the true ones
+                self.positions = kwargs.get("position_ids")
+            self._decode(self.stages[k], hidden, self.positions, cache)
             return None
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def _later_hook(self, layer_type: str):
+        return hook
+
+    def _later_hook(self, stage: _Stage, layer_type: str):
         def hook(module, args, kwargs):
-            kwargs.update(self.later_kwargs[layer_type])
+            kwargs.update(stage.kwargs[layer_type])
             return args, kwargs
 
         return hook
 
     # -- the two paths ----------------------------------------------------------------------------------------
 
-    def _prefill(self, hidden: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-        s = self.settings
-        if self.pad_mask is not None and self.pad_mask.shape != hidden.shape[:2]:
-            raise ValueError(f"attention_mask {tuple(self.pad_mask.shape)} does not match the input "
-                             f"{tuple(hidden.shape[:2])}")
-        merged = merge_sequence(hidden, self.pad_mask, s.keep_start, s.keep_end, s.method, positions)
-        real = merged.plan.mask  # (B, S')
-        new_positions = merged.positions
-        self.shift = 0
-        if s.positions == "reindex":
-            new_positions = (real.long().cumsum(1) - 1).clamp(min=0)
-            last_in = merged.plan.last.gather(1, _last_real(real)[:, None])  # input index of each row's last token
-            self.shift = positions.gather(1, last_in) - new_positions.gather(1, _last_real(real)[:, None])
+    def _start_prefill(self, hidden: torch.Tensor, positions: torch.Tensor | None, cache) -> None:
+        batch, q, _ = hidden.shape
+        if self.pad_mask is not None and self.pad_mask.shape != (batch, q):
+            raise ValueError(f"attention_mask {tuple(self.pad_mask.shape)} does not match the input {(batch, q)}")
+        if positions is None:
+            positions = torch.arange(q, device=hidden.device)[None]
+        self.positions = positions.expand(batch, q)
+        self.mask = self.pad_mask
         self.cache_ref = weakref.ref(cache) if cache is not None else None
-        self.prompt_len, self.merged_len = hidden.shape[1], merged.plan.length
-        self.merged_mask = real if self.pad_mask is not None else None
-        self._prepare_later(merged.hidden_states, new_positions, self.merged_mask, cache)
+        self.prompt_len = q
+
+    def _prefill(self, stage: _Stage, hidden: torch.Tensor, cache) -> torch.Tensor:
+        s = self.settings
+        merged = merge_sequence(hidden, self.mask, s.keep_start, s.keep_end, s.method, self.positions,
+                                s.similarity, s.ratio)
+        real = merged.plan.mask  # (B, S_k)
+        seen = merged.positions
+        stage.shift = 0
+        if s.positions == "reindex":
+            seen = (real.long().cumsum(1) - 1).clamp(min=0)
+            last = _last_real(real)[:, None]
+            stage.shift = merged.positions.gather(1, last).round().long() - seen.gather(1, last)
+        stage.merged_len = merged.plan.length
+        stage.merged_mask = None if bool(real.all()) else real
+        self.mask, self.positions = stage.merged_mask, merged.positions
+        stage.kwargs = self._layer_kwargs(stage, merged.hidden_states, seen, stage.merged_mask, cache)
         return merged.hidden_states
 
-    def _decode(self, hidden: torch.Tensor, positions: torch.Tensor, cache) -> None:
+    def _decode(self, stage: _Stage, hidden: torch.Tensor, positions: torch.Tensor | None, cache) -> None:
         if cache is None or self.cache_ref is None or self.cache_ref() is not cache:
             raise RuntimeError(
                 "this cache was not filled by a merged prefill of this patched model; "
                 "start generation from an empty cache while patched"
             )
+        batch, q, _ = hidden.shape
+        if positions is None:
+            positions = torch.arange(self.past, self.past + q, device=hidden.device)[None]
         kv_mask = None
-        if self.merged_mask is not None or self.pad_mask is not None:
-            batch = hidden.shape[0]
-            new = self.past + hidden.shape[1] - self.prompt_len  # tokens since the prompt, this step's included
-            prefix = self.merged_mask
+        if stage.merged_mask is not None or self.pad_mask is not None:
+            new = self.past + q - self.prompt_len  # tokens since the prompt, this step's included
+            prefix = stage.merged_mask
             if prefix is None:
-                prefix = torch.ones(batch, self.merged_len, dtype=torch.bool, device=hidden.device)
+                prefix = torch.ones(batch, stage.merged_len, dtype=torch.bool, device=hidden.device)
             suffix = (self.pad_mask[:, self.prompt_len:].bool() if self.pad_mask is not None
                       else torch.ones(batch, new, dtype=torch.bool, device=hidden.device))
             kv_mask = torch.cat([prefix, suffix], dim=1)
-        self._prepare_later(hidden, positions - self.shift, kv_mask, cache)
+        stage.kwargs = self._layer_kwargs(stage, hidden, positions.expand(batch, q) - stage.shift, kv_mask, cache)
 
-    def _prepare_later(self, hidden: torch.Tensor, positions: torch.Tensor, kv_mask, cache) -> None:
-        """Rotary embeddings and masks for the later layers, from the model's own modules."""
+    def _layer_kwargs(self, stage: _Stage, hidden: torch.Tensor, positions: torch.Tensor, kv_mask, cache) -> dict:
+        """Rotary embeddings and masks for a stage's layers, from the model's own modules."""
         rotary = self.decoder.rotary_emb
         shared = None if self.rotary_per_type else rotary(hidden, positions)
-        self.later_kwargs = {}
-        for layer_type, layer_idx in self.mask_layer.items():
+        out = {}
+        for layer_type, layer_idx in stage.mask_layer.items():
             mask = MASK_FUNCTIONS[layer_type](
                 config=self.config,
                 inputs_embeds=hidden,
@@ -235,9 +281,8 @@ class _Merger:
                 layer_idx=layer_idx if cache is not None else None,
             )
             embeddings = shared if shared is not None else rotary(hidden, positions, layer_type)
-            self.later_kwargs[layer_type] = dict(
-                attention_mask=mask, position_embeddings=embeddings, position_ids=positions
-            )
+            out[layer_type] = dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
+        return out
 
 
 def _last_real(mask: torch.Tensor) -> torch.Tensor:
@@ -248,14 +293,17 @@ def _last_real(mask: torch.Tensor) -> torch.Tensor:
 
 def patch(
     model,
-    layer_cutoff: int,
+    layer_cutoff: int | list[int],
     keep_start: int = 0,
     keep_end: int = 0,
     positions: str = "original",
     method: str = "slerp",
     cache: str = "merged",
+    similarity: float | None = None,
+    ratio: float | None = None,
 ):
-    """Merge the token sequence of ``model`` after decoder layer ``layer_cutoff`` (0-based). Returns the model.
+    """Merge the token sequence of ``model`` after decoder layer ``layer_cutoff`` (0-based; a list merges again
+    after each). Returns the model.
 
     The logits then cover the merged positions (B, S', vocab); the last one is always the real last token, so
     ``generate`` and pipelines work unchanged. ``unpatch`` undoes it exactly.
@@ -263,7 +311,9 @@ def patch(
     if hasattr(model, "_slerpmerge"):
         raise ValueError("model is already patched; call slerpmerge.unpatch(model) first")
     _check_model(model)
-    settings = MergeSettings(layer_cutoff, keep_start, keep_end, positions, method, cache)
+    if isinstance(layer_cutoff, (list, tuple)):
+        layer_cutoff = layer_cutoff[0] if len(layer_cutoff) == 1 else tuple(layer_cutoff)
+    settings = MergeSettings(layer_cutoff, keep_start, keep_end, positions, method, cache, similarity, ratio)
     _check_settings(settings, len(model.model.layers))
     model._slerpmerge = _Merger(model, settings)
     return model
@@ -283,6 +333,14 @@ def settings_of(model) -> MergeSettings | None:
     """The settings a model is patched with, or None."""
     merger = getattr(model, "_slerpmerge", None)
     return merger.settings if merger is not None else None
+
+
+def merged_length(model) -> int:
+    """How many tokens the layers after the cutoff saw in the patched model's last prefill."""
+    merger = getattr(model, "_slerpmerge", None)
+    if merger is None:
+        raise ValueError("model is not patched by slerpmerge")
+    return merger.merged_len
 
 
 @contextlib.contextmanager

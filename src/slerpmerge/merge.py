@@ -56,6 +56,15 @@ def check_method(method: str) -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
+def check_similarity(similarity: float | None, ratio: float | None) -> None:
+    if similarity is not None and ratio is not None:
+        raise ValueError("give similarity (a cosine threshold) or ratio (a fraction of pairs), not both")
+    if similarity is not None and not -1.0 <= similarity <= 1.0:
+        raise ValueError(f"similarity is a cosine threshold in [-1, 1], got {similarity!r}")
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio is the fraction of pairs to merge, in [0, 1], got {ratio!r}")
+
+
 def padding_side(mask: torch.Tensor) -> str:
     """'left' or 'right' for a (B, S) bool mask whose real tokens are contiguous in every row; else ValueError."""
     n = mask.sum(1)
@@ -89,6 +98,27 @@ def pair_consecutive(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0)
     in_middle = mask & (k >= 0) & (k < m)
     last_of_odd = (k == m - 1) & (m % 2 == 1)  # the extra null sits just before it
     return in_middle & (m >= 3) & (k >= 2) & (k % 2 == 0) & ~last_of_odd
+
+
+def pair_similar(hidden_states: torch.Tensor, mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0,
+                 similarity: float | None = None, ratio: float | None = None) -> torch.Tensor:
+    """The article's pairs, of which only similar ones merge: cosine >= `similarity`, or in each row the `ratio`
+    most similar of them. Distinct neighbours stay apart; both None keeps every pair."""
+    joins = pair_consecutive(mask, keep_start, keep_end)
+    if similarity is None and ratio is None:
+        return joins
+    h = hidden_states.float()
+    cur, prev = h[:, 1:], h[:, :-1]  # views: token i beside token i - 1
+    dot = torch.einsum("bsd,bsd->bs", cur, prev)
+    norms = torch.linalg.vector_norm(cur, dim=-1) * torch.linalg.vector_norm(prev, dim=-1)
+    sim = torch.nn.functional.pad(dot / norms.clamp_min(1e-30), (1, 0), value=-2.0)  # (B, S); zero vectors: 0
+    if similarity is not None:
+        return joins & (sim >= similarity)
+    score = torch.where(joins, sim, -3.0)
+    order = score.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    keep = torch.ceil(joins.sum(1, keepdim=True) * ratio).long()
+    return joins & (rank < keep)
 
 
 def plan_from_joins(mask: torch.Tensor, joins: torch.Tensor) -> MergePlan:
@@ -171,24 +201,32 @@ def merge_sequence(
     keep_end: int = 0,
     method: str = "slerp",
     positions: torch.Tensor | None = None,
+    similarity: float | None = None,
+    ratio: float | None = None,
 ) -> Merged:
     """Merge consecutive token pairs of ``hidden_states`` (B, S, D) as the article describes.
 
     attention_mask (B, S): 1 for real tokens, padding on either side. positions (B, S): the tokens' original
-    positions, by default their index among the row's real tokens.
+    positions, by default their index among the row's real tokens. ``similarity`` / ``ratio``: merge only the
+    pairs whose cosine reaches the threshold, or that fraction of them, the most similar first (rows may then
+    differ in length: the output is padded on the input's side, left when there was no padding).
     """
     check_method(method)
+    check_similarity(similarity, ratio)
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     batch, seq, _ = hidden_states.shape
-    if attention_mask is None:  # the plan depends on lengths alone: build it once per shape
+    adaptive = similarity is not None or ratio is not None
+    if attention_mask is None and not adaptive:  # the plan depends on lengths alone: build it once per shape
         plan = _unpadded_plan(batch, seq, keep_start, keep_end, hidden_states.device)
         mask = torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device)
     else:
-        mask = attention_mask
+        mask = torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device) if attention_mask is None \
+            else attention_mask
         if mask.shape != (batch, seq):
             raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
-        plan = plan_merge(mask.bool(), keep_start, keep_end)
+        real = mask.bool()
+        plan = plan_from_joins(real, pair_similar(hidden_states, real, keep_start, keep_end, similarity, ratio))
     if positions is None:
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     return Merged(
