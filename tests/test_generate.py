@@ -88,7 +88,7 @@ def test_similar_pairs_only(model):
         assert model(ids).logits.shape[1] == 41
     with slerpmerge.merging(model, layer_cutoff=1, ratio=0.5):
         assert model(ids).logits.shape[1] == 41 - 10  # half of the 19 pairs, rounded up
-        assert slerpmerge.hooks.merged_length(model) == 31
+        assert slerpmerge.hooks.merged_lengths(model) == [31]
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ Embedding and the head at the last position cost the same on both sides and are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from .hooks import layer_types, patch, unpatch
-from .merge import merge_sequence, plan_merge
+from .hooks import MergeSettings, layer_types, merged_lengths, merging
+from .merge import merge_sequence
 
 DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096)
 
@@ -51,10 +52,16 @@ def flops(shapes, t: int) -> list[float]:
     return [2 * p * t + 4 * hd * causal_pairs(t, w) for p, hd, w in shapes]
 
 
-def ideal_speedup(model, length: int, merged_length: int, layer_cutoff: int) -> float:
+def ideal_speedup(model, length: int, merged_lengths, cutoffs) -> float:
+    """Σ work at `length` over Σ work with each stage's layers (after each cutoff) at that stage's length."""
+    merged_lengths = [merged_lengths] if isinstance(merged_lengths, int) else list(merged_lengths)
+    cutoffs = [cutoffs] if isinstance(cutoffs, int) else list(cutoffs)
     shapes = layer_work(model)
-    full, short = flops(shapes, length), flops(shapes, merged_length)
-    return sum(full) / (sum(full[: layer_cutoff + 1]) + sum(short[layer_cutoff + 1:]))
+    seen = [length] * len(shapes)
+    for cutoff, n in zip(cutoffs, merged_lengths):
+        seen[cutoff + 1:] = [n] * (len(shapes) - cutoff - 1)
+    merged = sum(flops([shape], t)[0] for shape, t in zip(shapes, seen))
+    return sum(flops(shapes, length)) / merged
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
@@ -182,7 +189,7 @@ def merge_cost(model, ids: torch.Tensor, layer_cutoff: int, runs: int) -> tuple[
 @dataclass
 class Row:
     length: int
-    layer_cutoff: int
+    layer_cutoff: int | list[int]
     merged_length: int
     base_prefill_s: float
     merged_prefill_s: float
@@ -202,60 +209,58 @@ class Row:
     layer_s: float
     merge_share_of_layer: float
     runs: int
+    settings: dict  # the patch keyword arguments
 
 
-def bench_model(model, ids: torch.Tensor, cutoffs, runs: int = 5, decode_tokens: int = 64, progress=None,
-                **patch_kwargs) -> list[Row]:
-    """Base and merged on the same `ids` (1, S): base measured once, every cutoff against it, runs interleaved."""
+def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, decode_tokens: int = 64,
+                progress=None) -> list[Row]:
+    """Base and each merged variant (patch kwargs) on the same `ids` (1, S): base measured once, runs interleaved."""
     length = ids.shape[1]
-    merged_length = plan_merge(torch.ones_like(ids, dtype=torch.bool), patch_kwargs.get("keep_start", 0),
-                               patch_kwargs.get("keep_end", 0)).length
-    variants = [None, *cutoffs]
-    prefill = {v: [] for v in variants}
-    kv, peak, decode = {}, {}, {}
-    for v in variants:  # warm-up, memory and KV size
-        if v is not None:
-            patch(model, layer_cutoff=v, **patch_kwargs)
-        time_prefill(model, ids)
-        _, kv[v], peak[v] = time_prefill(model, ids)
-        if v is not None:
-            unpatch(model)
+    keys = [None, *range(len(variants))]
+
+    def patched(v):
+        return contextlib.nullcontext() if v is None else merging(model, **variants[v])
+
+    prefill = {v: [] for v in keys}
+    kv, peak, decode, stage_lengths = {}, {}, {}, {}
+    for v in keys:  # warm-up, memory, KV size and the lengths each stage sees
+        with patched(v):
+            time_prefill(model, ids)
+            _, kv[v], peak[v] = time_prefill(model, ids)
+            if v is not None:
+                stage_lengths[v] = merged_lengths(model)
     for _ in range(runs):
-        for v in variants:
-            if v is not None:
-                patch(model, layer_cutoff=v, **patch_kwargs)
-            prefill[v].append(time_prefill(model, ids)[0])
-            if v is not None:
-                unpatch(model)
+        for v in keys:
+            with patched(v):
+                prefill[v].append(time_prefill(model, ids)[0])
             if progress:
                 progress.update(1)
-    for v in variants:
-        if decode_tokens:
-            if v is not None:
-                patch(model, layer_cutoff=v, **patch_kwargs)
-            time_decode(model, ids, 2)  # warm-up
-            decode[v] = statistics.median(time_decode(model, ids, decode_tokens) for _ in range(max(3, runs // 2)))
-            if v is not None:
-                unpatch(model)
-        else:
-            decode[v] = None
+    for v in keys:
+        with patched(v):
+            if decode_tokens:
+                time_decode(model, ids, 2)  # warm-up
+                decode[v] = statistics.median(time_decode(model, ids, decode_tokens) for _ in range(max(3, runs // 2)))
+            else:
+                decode[v] = None
         if progress:
             progress.update(1)
     rows = []
-    for c in cutoffs:
-        base, merged = statistics.median(prefill[None]), statistics.median(prefill[c])
-        ideal = ideal_speedup(model, length, merged_length, c)
-        merge_s, layer_s = merge_cost(model, ids, c, runs)
+    for v, settings in enumerate(variants):
+        base, merged = statistics.median(prefill[None]), statistics.median(prefill[v])
+        cutoffs = MergeSettings(**settings).cutoffs
+        ideal = ideal_speedup(model, length, stage_lengths[v], cutoffs)
+        merge_s, layer_s = merge_cost(model, ids, cutoffs[0], runs)
         rows.append(Row(
-            length=length, layer_cutoff=c, merged_length=merged_length,
+            length=length, layer_cutoff=settings["layer_cutoff"], merged_length=stage_lengths[v][-1],
             base_prefill_s=base, merged_prefill_s=merged,
             base_prefill_spread=[min(prefill[None]), max(prefill[None])],
-            merged_prefill_spread=[min(prefill[c]), max(prefill[c])],
+            merged_prefill_spread=[min(prefill[v]), max(prefill[v])],
             speedup=base / merged, ideal_speedup=ideal, efficiency=base / merged / ideal,
-            base_decode_tok_s=decode[None], merged_decode_tok_s=decode[c],
-            decode_speedup=decode[c] / decode[None] if decode[None] else None,
-            base_kv_bytes=kv[None], merged_kv_bytes=kv[c], base_peak_bytes=peak[None], merged_peak_bytes=peak[c],
+            base_decode_tok_s=decode[None], merged_decode_tok_s=decode[v],
+            decode_speedup=decode[v] / decode[None] if decode[None] else None,
+            base_kv_bytes=kv[None], merged_kv_bytes=kv[v], base_peak_bytes=peak[None], merged_peak_bytes=peak[v],
             merge_s=merge_s, layer_s=layer_s, merge_share_of_layer=merge_s / layer_s, runs=runs,
+            settings=settings,
         ))
     return rows
 
@@ -314,16 +319,20 @@ def run(args) -> list[dict]:
     model, tokenizer = load(args.model, cache=args.cache_dir)
     device = torch.device(args.device)
     model.to(device)
-    cutoffs = args.cutoffs or default_cutoffs(model.config.num_hidden_layers)
+    if args.config:
+        variants = [json.loads(Path(args.config).read_text())]
+    else:
+        cutoffs = args.cutoffs or default_cutoffs(model.config.num_hidden_layers)
+        variants = [dict(layer_cutoff=c, keep_start=args.keep_start, keep_end=args.keep_end, method=args.method)
+                    for c in cutoffs]
     lengths = args.lengths or list(DEFAULT_LENGTHS)
     machine = describe_machine(device)
     rows = []
-    steps = len(lengths) * (args.runs + 1) * (len(cutoffs) + 1)
+    steps = len(lengths) * (args.runs + 1) * (len(variants) + 1)
     with tqdm(total=steps, desc="bench", disable=args.json or None, leave=False) as bar:
         for length in lengths:
             ids = bench_ids(tokenizer, length, model.config.vocab_size, device)
-            for row in bench_model(model, ids, cutoffs, args.runs, args.decode_tokens, bar,
-                                   keep_start=args.keep_start or 0, keep_end=args.keep_end or 0):
+            for row in bench_model(model, ids, variants, args.runs, args.decode_tokens, bar):
                 rows.append({"model": args.model, **asdict(row), "dtype": str(model.dtype), **machine})
     if args.out:
         out = Path(args.out)
@@ -343,7 +352,8 @@ def print_table(rows: list[dict]) -> None:
         dec_b = f"{r['base_decode_tok_s']:.1f}" if r["base_decode_tok_s"] else "-"
         dec_m = f"{r['merged_decode_tok_s']:.1f}" if r["merged_decode_tok_s"] else "-"
         kv = f"{r['base_kv_bytes'] / 2**20:.0f}->{r['merged_kv_bytes'] / 2**20:.0f}"
-        print(f"{r['length']:>7}{r['layer_cutoff']:>7}{r['merged_length']:>9}{r['base_prefill_s']:>9.3f}"
+        cutoff = ",".join(map(str, r["layer_cutoff"])) if isinstance(r["layer_cutoff"], list) else r["layer_cutoff"]
+        print(f"{r['length']:>7}{cutoff:>7}{r['merged_length']:>9}{r['base_prefill_s']:>9.3f}"
               f"{r['merged_prefill_s']:>9.3f}{r['speedup']:>8.2f}x{r['ideal_speedup']:>6.2f}x{r['efficiency']:>6.2f}"
               f"{dec_b:>9}{dec_m:>8}{kv:>12}{r['merge_share_of_layer']:>11.1%}")
 
@@ -358,6 +368,8 @@ def add_parser(sub, model_arguments, merge_arguments) -> None:
     p.add_argument("--cutoffs", type=lambda s: [int(x) for x in s.split(",")], help="default: four across the depth")
     p.add_argument("--keep-start", type=int, default=0)
     p.add_argument("--keep-end", type=int, default=0)
+    p.add_argument("--method", default="slerp")
+    p.add_argument("--config", help="JSON file of patch settings (from `slerpmerge tune`) instead of --cutoffs")
     p.add_argument("--runs", type=int, default=5, help="timed runs per setting, after a warm-up (default 5)")
     p.add_argument("--decode-tokens", type=int, default=64, help="new tokens for the decode rate (0: skip)")
     p.add_argument("--device", default="cpu")

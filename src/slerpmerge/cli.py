@@ -167,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_models)
 
-    from . import bench, evaluate
+    from . import bench, evaluate, tune
 
     bench.add_parser(sub, _model_arguments, _merge_arguments)
     evaluate.add_parser(sub, _model_arguments)
+    tune.add_parser(sub, _model_arguments)
     return parser
 
 

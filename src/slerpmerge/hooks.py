@@ -335,12 +335,12 @@ def settings_of(model) -> MergeSettings | None:
     return merger.settings if merger is not None else None
 
 
-def merged_length(model) -> int:
-    """How many tokens the layers after the cutoff saw in the patched model's last prefill."""
+def merged_lengths(model) -> list[int]:
+    """How many tokens each stage's layers saw in the patched model's last prefill (one stage per cutoff)."""
     merger = getattr(model, "_slerpmerge", None)
     if merger is None:
         raise ValueError("model is not patched by slerpmerge")
-    return merger.merged_len
+    return [stage.merged_len for stage in merger.stages]
 
 
 @contextlib.contextmanager

@@ -68,6 +68,7 @@ def run(args) -> list[dict]:
         shape = plan(args, model.config.num_hidden_layers)
         settings = grid(shape["cutoffs"], methods, shape["keeps"], args.positions)
         settings += [Setting.from_dict(json.loads(line)) for line in (args.extra_setting or [])]
+        settings += [Setting.from_patch_kwargs(json.loads(Path(f).read_text())) for f in (args.config or [])]
         total = (len(shape["lengths"]) * shape["windows"] * len(settings)
                  + len(shape["tasks"]) * len(shape["task_lengths"]) * shape["task_items"] * (len(settings) + 1))
         with tqdm(total=total, desc=f"eval {name}", unit="run") as bar:
@@ -87,7 +88,7 @@ def print_summary(summary: list[dict]) -> None:
     for r in summary:
         setting = Setting.from_dict({k: r[k] for k in ("method", "layer_cutoff", "keep_start", "keep_end",
                                                        "positions")} | {"extra": json.loads(r["extra"] or "{}")}).label
-        fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format("-", spec[0] + spec[1:].split(".")[0])  # noqa: E731
         print(f"{r['model']:14}{r['kind']:11}{r['length']:>7}  {setting:34}{r['merged_length']:>9.0f}"
               f"{fmt(r.get('top1_agree'), '>7.2f')}{fmt(r.get('kl'), '>8.3f')}{fmt(r.get('gen_match'), '>6.2f')}"
               f"{fmt(r.get('accuracy'), '>6.2f')}{fmt(r.get('speedup'), '>8.2f')}x")
@@ -117,6 +118,8 @@ def add_parser(sub, model_arguments) -> None:
     p.add_argument("--task-lengths", type=_ints)
     p.add_argument("--task-items", type=int)
     p.add_argument("--extra-setting", action="append", help="one more setting as JSON (Setting fields)")
+    p.add_argument("--config", action="append", help="JSON file of patch settings (from `slerpmerge tune`) to "
+                                                     "evaluate beside the grid; may repeat")
     p.add_argument("--seed", type=int, default=0)
 
     def cmd(args):

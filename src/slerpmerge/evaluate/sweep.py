@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..generate import FirstTokenClock
-from ..hooks import merged_length, patch, unpatch
+from ..hooks import merged_lengths, patch, unpatch
 from ..merge import plan_merge
 from .corpus import token_stream, windows
 from .metrics import bootstrap, match_rate, next_token_metrics, wilson
@@ -41,7 +41,20 @@ class Setting:
     def from_dict(cls, d: dict) -> "Setting":
         d = dict(d)
         d["extra"] = tuple(sorted((d.get("extra") or {}).items()))
+        if isinstance(d.get("layer_cutoff"), list):
+            d["layer_cutoff"] = tuple(d["layer_cutoff"])
         return cls(**d)
+
+    @classmethod
+    def from_patch_kwargs(cls, kwargs: dict) -> "Setting":
+        """A setting from patch keyword arguments (a `tune` file, say)."""
+        kw = dict(kwargs)
+        named = {k: kw.pop(k) for k in ("method", "layer_cutoff", "keep_start", "keep_end", "positions") if k in kw}
+        named.setdefault("method", "slerp")
+        cutoff = named.get("layer_cutoff")
+        if isinstance(cutoff, list):
+            named["layer_cutoff"] = tuple(cutoff)
+        return cls(**named, extra=tuple(sorted(kw.items())))
 
     @property
     def key(self) -> str:
@@ -53,14 +66,16 @@ class Setting:
         return d
 
     def patch_kwargs(self) -> dict:
-        return dict(layer_cutoff=self.layer_cutoff, keep_start=self.keep_start, keep_end=self.keep_end,
+        cutoff = list(self.layer_cutoff) if isinstance(self.layer_cutoff, tuple) else self.layer_cutoff
+        return dict(layer_cutoff=cutoff, keep_start=self.keep_start, keep_end=self.keep_end,
                     positions=self.positions, method=self.method, **dict(self.extra))
 
     @property
     def label(self) -> str:
         keep = f" keep {self.keep_start}+{self.keep_end}" if self.keep_start or self.keep_end else ""
         extra = "".join(f" {k}={v}" for k, v in self.extra)
-        cut = f" @{self.layer_cutoff}" if self.layer_cutoff is not None else ""
+        cut = self.layer_cutoff
+        cut = "" if cut is None else f" @{','.join(map(str, cut))}" if isinstance(cut, tuple) else f" @{cut}"
         return f"{self.method}{cut}{keep}{extra}"
 
 
@@ -99,7 +114,7 @@ def _run(model, ids: torch.Tensor, s: Setting, new_tokens: int, pad_id) -> tuple
                              do_sample=False, pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
                              streamer=clock)
         secs = clock.first_token_at - start
-        length = merged_length(model) if patched else ids.shape[1]
+        length = merged_lengths(model)[-1] if patched else ids.shape[1]
     finally:
         if patched:
             unpatch(model)
