@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -143,3 +145,49 @@ def test_half_precision_and_nan_free():
     out = merge_sequence(hidden)
     assert out.hidden_states.dtype == torch.bfloat16
     assert torch.isfinite(out.hidden_states).all()
+
+
+def test_similarity_merges_only_similar_pairs():
+    torch.manual_seed(3)
+    hidden = torch.randn(1, 11, 8)
+    hidden[0, 4] = 3 * hidden[0, 3]  # pair (3, 4): cosine 1
+    hidden[0, 6] = -hidden[0, 5]  # pair (5, 6): cosine -1
+    out = merge_sequence(hidden, similarity=0.99)
+    assert out.positions[0].tolist() == [0, 1, 2, 3.5, 5, 6, 7, 8, 9, 10]
+    assert torch.equal(out.hidden_states[0, 3], slerp(hidden[0, 3], hidden[0, 4], 0.5))
+    assert merge_sequence(hidden, similarity=-1.0).hidden_states.shape[1] == 7  # every pair: the article's plan
+    assert torch.equal(merge_sequence(hidden, similarity=-1.0).hidden_states, merge_sequence(hidden).hidden_states)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_ratio_merges_the_most_similar_fraction(ratio):
+    torch.manual_seed(4)
+    for n in range(0, 40):
+        hidden = torch.randn(1, n, 8)
+        out = merge_sequence(hidden, ratio=ratio, keep_end=2)
+        full = merge_sequence(hidden, keep_end=2)
+        pairs = n - full.hidden_states.shape[1]  # pairs the article's plan merges
+        assert out.hidden_states.shape[1] == n - math.ceil(pairs * ratio)
+        if n:
+            assert torch.equal(out.hidden_states[0, -1], hidden[0, -1])
+    hidden = torch.randn(1, 21, 8)
+    merged = merge_sequence(hidden, ratio=0.5)
+    cos = torch.nn.functional.cosine_similarity(hidden[0, 1:], hidden[0, :-1], dim=-1)  # cos[i-1]: tokens i-1, i
+    chosen = {int(f) for f, last in zip(merged.plan.first[0], merged.plan.last[0]) if f != last}
+    candidates = {2 * j - 1: float(cos[2 * j - 1]) for j in range(1, 10)}  # the article's pairs (2j-1, 2j)
+    assert chosen == set(sorted(candidates, key=candidates.get, reverse=True)[:5])  # ceil(9 / 2) most similar
+
+
+def test_ratio_rows_of_a_batch_equal_rows_alone():
+    torch.manual_seed(5)
+    hidden = torch.randn(3, 17, 8)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, :5] = 0
+    mask[2, :12] = 0
+    out = merge_sequence(hidden, mask, ratio=0.4, keep_start=1)
+    for row in range(3):
+        n = int(mask[row].sum())
+        alone = merge_sequence(hidden[row:row + 1, 17 - n:], ratio=0.4, keep_start=1)
+        k = alone.hidden_states.shape[1]
+        assert torch.equal(out.hidden_states[row, -k:], alone.hidden_states[0])
+        assert int(out.attention_mask[row].sum()) == k

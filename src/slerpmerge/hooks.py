@@ -163,10 +163,6 @@ class _Merger:
         self.cache_ref = None
         self.prompt_len = 0
 
-    @property
-    def merged_len(self) -> int:
-        return self.stages[-1].merged_len
-
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
