@@ -25,10 +25,10 @@ $S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m \
   --extra-setting '{"method": "truncate", "keep_start": 4, "keep_end": 128}' \
   --config $R/smollm2-135m-tuned.json
 
-# 3. Gemma 3 270M (sliding + full layers): a smaller grid.
+# 3. Gemma 3 270M (sliding + full layers): a smaller grid, keep 4+32 only.
 $S eval --model gemma3-270m --threads 2 --out $R/gemma3-270m \
-  --lengths 256,1024 --cutoffs 2,6,10,14 --keeps 0:0,4:32 --windows 10 --gen-tokens 16 \
-  --tasks passkey,qa --task-lengths 2048 --task-items 4 \
+  --lengths 256,1024 --cutoffs 3,9,14 --keeps 4:32 --windows 6 --gen-tokens 8 \
+  --tasks passkey,qa --task-lengths 2048 --task-items 2 \
   --extra-setting '{"method": "slerp", "layer_cutoff": 6, "keep_start": 4, "keep_end": 32, "extra": {"ratio": 0.5}}' \
   --extra-setting '{"method": "slerp", "layer_cutoff": [6, 14], "keep_start": 4, "keep_end": 32}' \
   --extra-setting '{"method": "slerp", "layer_cutoff": 6, "keep_start": 4, "keep_end": 128}'

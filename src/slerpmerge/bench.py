@@ -358,7 +358,7 @@ def print_table(rows: list[dict]) -> None:
               f"{dec_b:>9}{dec_m:>8}{kv:>12}{r['merge_share_of_layer']:>11.1%}")
 
 
-def add_parser(sub, model_arguments, merge_arguments) -> None:
+def add_parser(sub, model_arguments) -> None:
     p = sub.add_parser("bench", help="prefill and decode speed and memory, base vs merged, beside the ideal",
                        description="Time base and merged on the same inputs: prefill latency, decode tokens/s, "
                                    "KV-cache bytes and peak memory, with the ideal speedup from counting the work.")

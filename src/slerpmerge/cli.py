@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import bench, evaluate, tune
 
-    bench.add_parser(sub, _model_arguments, _merge_arguments)
+    bench.add_parser(sub, _model_arguments)
     evaluate.add_parser(sub, _model_arguments)
     tune.add_parser(sub, _model_arguments)
     return parser
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, ModelNotInstalled) as e:
+    except (ValueError, OSError, ModelNotInstalled) as e:
         print(f"slerpmerge: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The exact commands behind docs/benchmarks.md, on a quiet machine (nothing else running), 2 torch threads.
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+S=.venv/bin/slerpmerge
+B=docs/benchmarks
+
+# Single cutoffs across the depth (3, 11, 19, 25 of 30 layers), every length 256..4096, 5 timed runs each.
+$S bench --model smollm2-135m --threads 2 --runs 5 --out $B/smollm2-135m-cpu | tee $B/smollm2-135m-cpu.txt
+
+# The setting `slerpmerge tune` chose (two stages, keep 4+32), at 1024 and 2048 tokens.
+$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 \
+  --config docs/results/smollm2-135m-tuned.json --out $B/smollm2-135m-cpu-tuned | tee $B/smollm2-135m-cpu-tuned.txt
