@@ -122,3 +122,19 @@ def test_eval_quick_command(tmp_path):
     for name in ("agreement", "pareto", "tasks"):
         assert (tmp_path / f"smollm2-135m-{name}.png").stat().st_size > 10_000
     assert "truncate" in proc.stdout
+
+
+def test_plots_take_every_kind_of_setting(tmp_path):
+    from slerpmerge.evaluate import plot_all
+
+    def row(method, cutoff, kind="next_token", **kw):
+        return {"model": "m", "kind": kind, "length": 256, "method": method, "layer_cutoff": cutoff,
+                "keep_start": 4, "keep_end": 32, "positions": "original", "extra": kw.pop("extra", ""), "n": 6,
+                "top1_agree": 0.9, "top1_agree_lo": 0.6, "top1_agree_hi": 1.0, "speedup": 1.3, "accuracy": 0.5,
+                **kw}
+
+    summary = [row("slerp", 3), row("slerp", 9), row("slerp", [3, 9]), row("truncate", None),
+               row("slerp", 9, extra='{"ratio": 0.5}'), row("slerp", 3, kind="passkey"),
+               row("slerp", [3, 9], kind="passkey"), row("base", None, kind="passkey")]
+    made = plot_all(summary, tmp_path)
+    assert sorted(p.name for p in made) == ["m-agreement.png", "m-pareto.png", "m-tasks.png"]

@@ -83,40 +83,22 @@ def describe_machine(device: torch.device) -> dict:
 
 
 class PeakMemory:
-    """Peak memory of a block above what was in use before it: CUDA's allocator stats, or Linux's peak RSS."""
+    """Peak memory a block allocates above what was in use before it, from CUDA's allocator (None on the CPU:
+    a process's resident size does not shrink when tensors are freed, so in-process CPU peaks mean nothing)."""
 
     def __init__(self, device: torch.device):
-        self.device = device
+        self.device, self.peak = device, None
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = _proc_status("VmRSS")
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            except OSError:
-                self.start = None
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
-        else:
-            hwm = _proc_status("VmHWM")
-            self.peak = hwm - self.start if self.start is not None and hwm is not None else None
-
-
-def _proc_status(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _sync(device: torch.device) -> None:
@@ -291,10 +273,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cutoffs = sorted({r["layer_cutoff"] for r in rows})
+    label = lambda c: ",".join(map(str, c)) if isinstance(c, list) else str(c)  # noqa: E731
+    cutoffs = sorted({label(r["layer_cutoff"]) for r in rows}, key=lambda c: [int(x) for x in c.split(",")])
     colours = plt.cm.viridis([i / max(1, len(cutoffs) - 1) for i in range(len(cutoffs))])
     for c, colour in zip(cutoffs, colours):
-        sel = sorted((r for r in rows if r["layer_cutoff"] == c), key=lambda r: r["length"])
+        sel = sorted((r for r in rows if label(r["layer_cutoff"]) == c), key=lambda r: r["length"])
         xs = [r["length"] for r in sel]
         ax.plot(xs, [r["speedup"] for r in sel], "o-", color=colour, label=f"cutoff {c}: measured")
         ax.plot(xs, [r["ideal_speedup"] for r in sel], "--", color=colour, alpha=0.7, label=f"cutoff {c}: ideal")

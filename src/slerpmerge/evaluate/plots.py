@@ -23,9 +23,19 @@ def _variant(r) -> str:
     return f"{r['method']}{pos}{extra}"
 
 
+def _one_cutoff(r) -> bool:
+    """Rows that sit on a cutoff axis: one merge point (several-stage rows appear in the Pareto view)."""
+    return isinstance(r["layer_cutoff"], int)
+
+
+def _cut_label(r) -> str:
+    c = r["layer_cutoff"]
+    return ",".join(map(str, c)) if isinstance(c, list) else str(c)
+
+
 def agreement_vs_cutoff(summary: list[dict], path: Path, model: str) -> None:
     rows = [r for r in summary if r["kind"] == "next_token" and r["model"] == model]
-    panels = sorted({(_variant(r), _keep(r)) for r in rows if r["layer_cutoff"] is not None})
+    panels = sorted({(_variant(r), _keep(r)) for r in rows if _one_cutoff(r)})
     if not panels:
         return
     lengths = sorted({r["length"] for r in rows})
@@ -36,7 +46,7 @@ def agreement_vs_cutoff(summary: list[dict], path: Path, model: str) -> None:
     for ax, (variant, keep) in zip(axes.flat, panels):
         for length, colour in zip(lengths, colours):
             sel = sorted((r for r in rows if _variant(r) == variant and _keep(r) == keep and r["length"] == length
-                          and r["layer_cutoff"] is not None), key=lambda r: r["layer_cutoff"])
+                          and _one_cutoff(r)), key=lambda r: r["layer_cutoff"])
             if sel:
                 ax.plot([r["layer_cutoff"] for r in sel], [r["top1_agree"] for r in sel], "o-", color=colour,
                         label=f"{length} tokens")
@@ -67,15 +77,16 @@ def pareto(summary: list[dict], path: Path, model: str) -> None:
     length = max(r["length"] for r in rows)
     rows = [r for r in rows if r["length"] == length]
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    variants = sorted({(_variant(r), _keep(r)) for r in rows})
-    colours = plt.cm.tab10.colors
-    for (variant, keep), colour in zip(variants, colours * 3):
-        sel = [r for r in rows if (_variant(r), _keep(r)) == (variant, keep)]
+    stages = lambda r: "" if _one_cutoff(r) or r["layer_cutoff"] is None else " 2-stage"  # noqa: E731
+    variants = sorted({(_variant(r) + stages(r), _keep(r)) for r in rows})
+    colours = plt.cm.tab10.colors + plt.cm.Dark2.colors
+    for (variant, keep), colour in zip(variants, colours * 2):
+        sel = [r for r in rows if (_variant(r) + stages(r), _keep(r)) == (variant, keep)]
         ax.scatter([r["speedup"] for r in sel], [r["top1_agree"] for r in sel], color=colour,
                    marker=MARKERS.get(sel[0]["method"], "D"), label=f"{variant}, {keep}")
         for r in sel:
             if r["layer_cutoff"] is not None:
-                ax.annotate(str(r["layer_cutoff"]), (r["speedup"], r["top1_agree"]), fontsize=6,
+                ax.annotate(_cut_label(r), (r["speedup"], r["top1_agree"]), fontsize=6,
                             xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel(f"measured prefill speedup at {length} tokens (x)")
     ax.set_ylabel("top-1 agreement with base")
@@ -96,11 +107,11 @@ def task_accuracy(summary: list[dict], path: Path, model: str) -> None:
     colours = plt.cm.tab10.colors
     for ax, (kind, length) in zip(axes.flat, panels):
         sel = [r for r in rows if (r["kind"], r["length"]) == (kind, length)]
-        variants = sorted({(_variant(r), _keep(r)) for r in sel if r["layer_cutoff"] is not None})
+        variants = sorted({(_variant(r), _keep(r)) for r in sel if _one_cutoff(r)})
         for (variant, keep), colour in zip(variants, colours * 3):
-            line = sorted((r for r in sel if (_variant(r), _keep(r)) == (variant, keep)),
+            line = sorted((r for r in sel if (_variant(r), _keep(r)) == (variant, keep) and _one_cutoff(r)),
                           key=lambda r: r["layer_cutoff"])
-            ax.plot([r["layer_cutoff"] for r in line], [r["accuracy"] for r in line], "o-", color=colour,
+            ax.plot([r["layer_cutoff"] for r in line], [r["accuracy"] for r in line], "-", color=colour,
                     label=f"{variant}, {keep}", marker=MARKERS.get(line[0]["method"], "D"))
         for r in sel:
             if r["method"] == "base":
