@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
     if _cache_complete(folder, gguf):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    print(f"slerpmerge: de-quantising {gguf.name} once into {folder} (later loads are fast)", flush=True)
+    print(f"slerpmerge: de-quantising {gguf.name} once into {folder} (later loads are fast)", file=sys.stderr,
+          flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
