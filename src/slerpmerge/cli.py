@@ -77,22 +77,21 @@ def _load(args):
 
 def cmd_generate(args) -> None:
     from .generate import compare, encode, timed_generate
-    from .hooks import patch, unpatch
+    from .hooks import merging
     from .models import is_chat
 
     prompt = _read_prompt(args)
     model, tokenizer = _load(args)
     settings = merge_settings(args, model)
-    patch(model, **settings)  # validate the settings before any work
-    unpatch(model)
+    with merging(model, **settings):  # validate the settings before any work
+        pass
     chat = is_chat(tokenizer, args.model) if args.chat is None else args.chat
     inputs = encode(tokenizer, prompt, chat)
     head = {"model": args.model, **settings, "prompt_tokens": inputs["input_ids"].shape[1]}
 
     if not args.compare:
-        patch(model, **settings)
-        merged = timed_generate(model, tokenizer, inputs, args.max_new_tokens, warmup=False)
-        unpatch(model)
+        with merging(model, **settings):
+            merged = timed_generate(model, tokenizer, inputs, args.max_new_tokens, warmup=False)
         if args.json:
             print(json.dumps({**head, "merged": _timed_json(merged)}))
         else:

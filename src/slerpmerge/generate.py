@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from .hooks import patch, unpatch
+from .hooks import merging
 
 
 @dataclass
@@ -62,7 +62,7 @@ def timed_generate(model, tokenizer, inputs: dict, max_new_tokens: int, warmup: 
     return Timed(tokenizer.decode(new, skip_special_tokens=True), new, prefill, total)
 
 
-def agreement(a: list[int], b: list[int]) -> float:
+def match_rate(a: list[int], b: list[int]) -> float:
     """Fraction of generated tokens equal at the same step (over the longer of the two)."""
     n = max(len(a), len(b))
     return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
@@ -71,15 +71,12 @@ def agreement(a: list[int], b: list[int]) -> float:
 def compare(model, tokenizer, inputs: dict, max_new_tokens: int, **patch_kwargs) -> dict:
     """Base, then merged, on the same inputs; figures for both and the ratios between them."""
     base = timed_generate(model, tokenizer, inputs, max_new_tokens)
-    patch(model, **patch_kwargs)
-    try:
+    with merging(model, **patch_kwargs):
         merged = timed_generate(model, tokenizer, inputs, max_new_tokens)
-    finally:
-        unpatch(model)
     return {
         "base": base,
         "merged": merged,
         "speedup_prefill": base.prefill_s / merged.prefill_s,
         "speedup_decode": merged.tokens_per_s / base.tokens_per_s if base.tokens_per_s else float("nan"),
-        "agreement": agreement(base.tokens, merged.tokens),
+        "agreement": match_rate(base.tokens, merged.tokens),
     }

@@ -25,7 +25,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from .merge import check_method, check_similarity, merge_sequence
+from .merge import check_keeps, check_method, check_similarity, merge_sequence
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -97,10 +97,7 @@ def _check_settings(s: MergeSettings, num_layers: int) -> None:
                              f"got {c}")
     if list(cutoffs) != sorted(set(cutoffs)):
         raise ValueError(f"several layer cutoffs must be strictly increasing, got {list(cutoffs)}")
-    for name in ("keep_start", "keep_end"):
-        value = getattr(s, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    check_keeps(s.keep_start, s.keep_end)
     if s.positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got {s.positions!r}")
     if s.cache not in CACHES:

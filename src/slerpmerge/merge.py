@@ -45,7 +45,7 @@ class Merged:
     plan: MergePlan
 
 
-def _check_keeps(keep_start: int, keep_end: int) -> None:
+def check_keeps(keep_start: int, keep_end: int) -> None:
     for name, value in (("keep_start", keep_start), ("keep_end", keep_end)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -88,7 +88,7 @@ def pair_consecutive(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0)
     framed by a null at each end (and one more before the last token when m + 2 is odd) and cut into pairs, so
     the first and last middle tokens stay alone and a middle of fewer than 3 tokens is left as it is.
     """
-    _check_keeps(keep_start, keep_end)
+    check_keeps(keep_start, keep_end)
     rank = mask.long().cumsum(1) - 1  # index among the row's real tokens
     n = mask.sum(1, keepdim=True)
     ks = n.clamp(max=keep_start)

@@ -7,6 +7,8 @@ import random
 
 import torch
 
+from ..generate import match_rate  # noqa: F401  (one definition, shared with `generate --compare`)
+
 
 def next_token_metrics(base_logits: torch.Tensor, merged_logits: torch.Tensor) -> dict:
     """Both (V,) logits at the same real position. KL(base || merged) in nats."""
@@ -23,12 +25,6 @@ def next_token_metrics(base_logits: torch.Tensor, merged_logits: torch.Tensor) -
         "top5_overlap": len(base_top5 & set(merged_top5)) / 5,
         "kl": float((base_logp.exp() * (base_logp - merged_logp)).sum()),
     }
-
-
-def match_rate(a: list[int], b: list[int]) -> float:
-    """Fraction of generated tokens equal at the same step (over the longer of the two)."""
-    n = max(len(a), len(b))
-    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
