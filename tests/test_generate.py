@@ -31,12 +31,17 @@ VARIANTS = [
 ]
 
 
+# Padded rows; one row (decode steps keep the decoder's own masks); one row shorter than the sliding windows.
+LENGTHS = {"padded": [22, 15, 9], "one-row": [22], "short": [6]}
+
+
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 @torch.no_grad()
-def test_cached_decoding_equals_merging_the_whole_sequence(model, variant):
+def test_cached_decoding_equals_merging_the_whole_sequence(model, variant, lengths):
     """Step k with the merged cache must equal one forward over prompt + k tokens that keeps those k unmerged."""
     variant = {"layer_cutoff": 1, **variant}
-    lengths, steps = [22, 15, 9], 4
+    steps = 4
     ids, mask = ids_and_mask(lengths)
     new = torch.randint(3, 128, (len(lengths), steps), generator=torch.Generator().manual_seed(5))
     reference = copy.deepcopy(model)
@@ -51,6 +56,26 @@ def test_cached_decoding_equals_merging_the_whole_sequence(model, variant):
                 whole = reference(torch.cat([ids, new[:, :k + 1]], 1), attention_mask=full_mask,
                                   position_ids=positions_of(full_mask)).logits
             torch.testing.assert_close(step[:, -1], whole[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@torch.no_grad()
+def test_unpadded_decode_steps_build_no_masks_under_sdpa(monkeypatch, attn):
+    """With no padding and no position shift a decode step keeps the decoder's own masks and rotary under SDPA
+    (which needs no mask for one query); eager attention needs its mask sized to the shorter cache."""
+    model = tiny_model("llama", attn=attn)
+    built = []
+    for name, fn in slerpmerge.hooks.MASK_FUNCTIONS.items():
+        monkeypatch.setitem(slerpmerge.hooks.MASK_FUNCTIONS, name, lambda *a, fn=fn, **k: built.append(1) or fn(*a, **k))
+    ids = torch.randint(3, 128, (1, 20), generator=torch.Generator().manual_seed(0))
+    with slerpmerge.merging(model, layer_cutoff=1):
+        cache = DynamicCache(config=model.config)
+        out = model(ids, past_key_values=cache, use_cache=True)
+        prefill_builds = len(built)
+        model(out.logits[:, -1:].argmax(-1), attention_mask=torch.ones(1, 21, dtype=torch.long),
+              past_key_values=cache, use_cache=True)
+    assert prefill_builds == 1
+    assert len(built) - prefill_builds == (0 if attn == "sdpa" else 1)
 
 
 @torch.no_grad()

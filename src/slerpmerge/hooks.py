@@ -4,9 +4,9 @@ Nothing of an architecture's forward is copied. Three kinds of hooks ride on the
 
     decoder pre-hook       note the 2D padding mask and how much the cache has already seen
     each cutoff's hook     prefill: merge its output (B, S, D) -> (B, S', D); decode: merge nothing
-                           both: rebuild rotary embeddings and masks for the layers up to the next cutoff, once
-                           per forward, with the model's own rotary module and mask functions
-    later layers' hooks    swap in those embeddings and masks
+                           both: say what rotary embeddings and masks the layers up to the next cutoff need
+    later layers' hooks    swap those in, built once per forward and layer type with the model's own rotary
+                           module and mask functions; an unpadded decode step under SDPA keeps the decoder's own
 
 The cache of layers 0..cutoff holds the full prompt, that of later layers the merged prompt (merged again after
 each further cutoff); decode steps append their token to all. What a prefill learned (merged padding masks,
@@ -115,7 +115,10 @@ class _Stage:
     merged_mask: torch.Tensor | None = None  # (B, S_k) bool, None when no row is padded
     merged_len: int = 0
     shift: torch.Tensor | int = 0  # true position - position its layers see
-    kwargs: dict | None = None  # layer type -> kwargs for its layers, this forward
+    # This forward: what its layers' masks and rotary embeddings are built from, and those built so far (per type).
+    inputs: tuple | None = None  # (hidden (B, q, D), positions (B, q), 2D kv mask or None, cache)
+    built: dict | None = None  # layer type -> kwargs for its layers
+    reuse: bool = False  # a decode step whose layers may keep the decoder's own kwargs where its mask is None
 
 
 class _Merger:
@@ -183,7 +186,7 @@ class _Merger:
 
     def _after_decoder(self, module, args, output):
         for stage in self.stages:
-            stage.kwargs = None  # release the masks
+            stage.inputs = stage.built = None  # release the masks
         self.mask = self.positions = None
 
     def _cutoff_hook(self, k: int):
@@ -204,7 +207,14 @@ class _Merger:
 
     def _later_hook(self, stage: _Stage, layer_type: str):
         def hook(module, args, kwargs):
-            kwargs.update(stage.kwargs[layer_type])
+            own = stage.built.get(layer_type)
+            if own is None:
+                # A decoder mask of None means no padding and nothing hidden from a one-token query: true of the
+                # shorter merged cache as well, and with no position shift the decoder's rotary fits too.
+                if stage.reuse and kwargs.get("attention_mask") is None:
+                    return None
+                own = stage.built[layer_type] = self._layer_kwargs(stage, layer_type)
+            kwargs.update(own)
             return args, kwargs
 
         return hook
@@ -236,7 +246,7 @@ class _Merger:
         stage.merged_len = merged.plan.length
         stage.merged_mask = None if bool(real.all()) else real
         self.mask, self.positions = stage.merged_mask, merged.positions
-        stage.kwargs = self._layer_kwargs(stage, merged.hidden_states, seen, stage.merged_mask, cache)
+        self._build_later(stage, merged.hidden_states, seen, stage.merged_mask, cache, reuse=False)
         return merged.hidden_states
 
     def _decode(self, stage: _Stage, hidden: torch.Tensor, positions: torch.Tensor | None, cache) -> None:
@@ -257,25 +267,35 @@ class _Merger:
             suffix = (self.pad_mask[:, self.prompt_len:].bool() if self.pad_mask is not None
                       else torch.ones(batch, new, dtype=torch.bool, device=hidden.device))
             kv_mask = torch.cat([prefix, suffix], dim=1)
-        stage.kwargs = self._layer_kwargs(stage, hidden, positions.expand(batch, q) - stage.shift, kv_mask, cache)
+        reuse = stage.merged_mask is None and isinstance(stage.shift, int) and stage.shift == 0
+        self._build_later(stage, hidden, positions.expand(batch, q) - stage.shift, kv_mask, cache, reuse)
 
-    def _layer_kwargs(self, stage: _Stage, hidden: torch.Tensor, positions: torch.Tensor, kv_mask, cache) -> dict:
-        """Rotary embeddings and masks for a stage's layers, from the model's own modules."""
+    def _build_later(self, stage: _Stage, hidden, positions, kv_mask, cache, reuse: bool) -> None:
+        """Set what the stage's layers see this forward; their kwargs are built on first use, once per type."""
+        stage.inputs, stage.built, stage.reuse = (hidden, positions, kv_mask, cache), {}, reuse
+        if not reuse:  # build now, while `hidden` is the stage's input
+            for layer_type in stage.mask_layer:
+                stage.built[layer_type] = self._layer_kwargs(stage, layer_type)
+
+    def _layer_kwargs(self, stage: _Stage, layer_type: str) -> dict:
+        """Rotary embeddings and mask for a stage's layers of one type, from the model's own modules."""
+        hidden, positions, kv_mask, cache = stage.inputs
+        layer_idx = stage.mask_layer[layer_type]
+        mask = MASK_FUNCTIONS[layer_type](
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=kv_mask,
+            past_key_values=cache,
+            position_ids=None,  # fractional positions must not read as packed sequences
+            layer_idx=layer_idx if cache is not None else None,
+        )
         rotary = self.decoder.rotary_emb
-        shared = None if self.rotary_per_type else rotary(hidden, positions)
-        out = {}
-        for layer_type, layer_idx in stage.mask_layer.items():
-            mask = MASK_FUNCTIONS[layer_type](
-                config=self.config,
-                inputs_embeds=hidden,
-                attention_mask=kv_mask,
-                past_key_values=cache,
-                position_ids=None,  # fractional positions must not read as packed sequences
-                layer_idx=layer_idx if cache is not None else None,
-            )
-            embeddings = shared if shared is not None else rotary(hidden, positions, layer_type)
-            out[layer_type] = dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
-        return out
+        if self.rotary_per_type:
+            embeddings = rotary(hidden, positions, layer_type)
+        else:
+            shared = next((b["position_embeddings"] for b in stage.built.values()), None)
+            embeddings = shared if shared is not None else rotary(hidden, positions)
+        return dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
 
 
 def _last_real(mask: torch.Tensor) -> torch.Tensor:
