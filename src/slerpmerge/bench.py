@@ -140,9 +140,10 @@ def time_decode(model, ids: torch.Tensor, new_tokens: int) -> float:
 
 
 @torch.inference_mode()
-def merge_cost(model, ids: torch.Tensor, layer_cutoff: int, runs: int) -> tuple[float, float]:
-    """Median seconds of the merge itself and of decoder layer `layer_cutoff`, on the same hidden states."""
-    layer = model.model.layers[layer_cutoff]
+def merge_cost(model, ids: torch.Tensor, settings: MergeSettings, runs: int) -> tuple[float, float]:
+    """Median seconds of the merge itself, as the patch calls it, and of the first cutoff's decoder layer, on the
+    same hidden states."""
+    layer = model.model.layers[settings.cutoffs[0]]
     seen = {}
 
     def grab(module, args, kwargs):
@@ -164,7 +165,10 @@ def merge_cost(model, ids: torch.Tensor, layer_cutoff: int, runs: int) -> tuple[
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    return (median_time(lambda: merge_sequence(hidden)),
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+    s = settings
+    return (median_time(lambda: merge_sequence(hidden, None, s.keep_start, s.keep_end, s.method, positions,
+                                               s.similarity, s.ratio)),
             median_time(lambda: layer(*seen["args"], **seen["kwargs"])))
 
 
@@ -229,9 +233,9 @@ def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, d
     rows = []
     for v, settings in enumerate(variants):
         base, merged = statistics.median(prefill[None]), statistics.median(prefill[v])
-        cutoffs = MergeSettings(**settings).cutoffs
-        ideal = ideal_speedup(model, length, stage_lengths[v], cutoffs)
-        merge_s, layer_s = merge_cost(model, ids, cutoffs[0], runs)
+        merge_settings = MergeSettings(**settings)
+        ideal = ideal_speedup(model, length, stage_lengths[v], merge_settings.cutoffs)
+        merge_s, layer_s = merge_cost(model, ids, merge_settings, runs)
         rows.append(Row(
             length=length, layer_cutoff=settings["layer_cutoff"], merged_length=stage_lengths[v][-1],
             base_prefill_s=base, merged_prefill_s=merged,

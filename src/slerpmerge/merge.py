@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .slerp import slerp
+from .slerp import slerp_pairs
 
 METHODS = ("slerp", "mean", "drop")
 
@@ -29,12 +29,12 @@ class MergePlan:
         return self.first.shape[1]
 
     @functools.cached_property
-    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """first and last as indices into the (B·S) rows of a flattened input: one index_select each."""
-        batch, out_len = self.first.shape
-        seq = self.mask_in_len
-        offset = torch.arange(batch, device=self.first.device)[:, None] * seq
-        return (self.first + offset).reshape(-1), (self.last + offset).reshape(-1)
+    def flat(self) -> torch.Tensor:
+        """(B·S'·2,) first and last of each output token, interleaved, as rows of a flattened (B·S, ...) input:
+        one index_select gathers both halves of every pair."""
+        batch, seq = self.first.shape[0], self.mask_in_len
+        offset = torch.arange(batch, device=self.first.device)[:, None, None] * seq
+        return (torch.stack([self.first, self.last], -1) + offset).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -159,34 +159,31 @@ def plan_merge(mask: torch.Tensor, keep_start: int = 0, keep_end: int = 0) -> Me
     return plan_from_joins(mask, pair_consecutive(mask, keep_start, keep_end))
 
 
-def _take(x: torch.Tensor, plan: MergePlan, which: int) -> torch.Tensor:
-    """x (B, S, ...) at the plan's first (0) or last (1) indices -> (B, S', ...); index_select beats gather on CPU."""
+def _pairs(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """x (B, S, ...) -> (B, S', 2, ...): the first and last input token of every output token."""
     batch, seq = x.shape[:2]
     if seq != plan.mask_in_len:
         raise ValueError(f"the plan was made for {plan.mask_in_len} tokens, the input has {seq}")
-    rows = x.reshape(batch * seq, *x.shape[2:]).index_select(0, plan.flat[which])
-    return rows.view(batch, plan.length, *x.shape[2:])
+    rows = x.reshape(batch * seq, *x.shape[2:]).index_select(0, plan.flat)  # index_select beats gather on CPU
+    return rows.view(batch, plan.length, 2, *x.shape[2:])
 
 
 def apply_plan(hidden_states: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
     """(B, S, D) -> (B, S', D). A token left alone comes through bit for bit (x merged with itself is x)."""
     check_method(method)
-    b = _take(hidden_states, plan, 1)
+    pairs = _pairs(hidden_states, plan)  # (B, S', 2, D)
+    a, b = pairs.unbind(2)
     if method == "drop":  # keep the later token: it has seen the most context
-        return b
-    a = _take(hidden_states, plan, 0)
+        return b.contiguous()
     if method == "mean":
-        return a.mul_(0.5).add_(b, alpha=0.5)  # halves first: no overflow near the dtype's range
-    return slerp(a, b, 0.5)
+        return a.mul(0.5).add_(b, alpha=0.5)  # halves first: no overflow near the dtype's range
+    return slerp_pairs(pairs, 0.5)
 
 
 def merge_positions(positions: torch.Tensor, plan: MergePlan, method: str = "slerp") -> torch.Tensor:
     """(B, S) original positions -> (B, S') float: the pair's mean, or the kept token's under 'drop'."""
-    positions = positions.to(torch.float32)
-    b = _take(positions, plan, 1)
-    if method == "drop":
-        return b
-    return (_take(positions, plan, 0) + b) / 2
+    pairs = _pairs(positions.to(torch.float32), plan)  # (B, S', 2)
+    return pairs[..., 1].contiguous() if method == "drop" else pairs.mean(-1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -216,22 +213,24 @@ def merge_sequence(
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     batch, seq, _ = hidden_states.shape
-    adaptive = similarity is not None or ratio is not None
-    if attention_mask is None and not adaptive:  # the plan depends on lengths alone: build it once per shape
-        plan = _unpadded_plan(batch, seq, keep_start, keep_end, hidden_states.device)
-        mask = torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device)
+    device = hidden_states.device
+    padded = attention_mask is not None or similarity is not None or ratio is not None  # output may hold padding
+    if not padded:  # the plan depends on lengths alone: build it once per shape
+        plan = _unpadded_plan(batch, seq, keep_start, keep_end, device)
     else:
-        mask = torch.ones(batch, seq, dtype=torch.long, device=hidden_states.device) if attention_mask is None \
-            else attention_mask
+        mask = torch.ones(batch, seq, dtype=torch.long, device=device) if attention_mask is None else attention_mask
         if mask.shape != (batch, seq):
             raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
         real = mask.bool()
         plan = plan_from_joins(real, pair_similar(hidden_states, real, keep_start, keep_end, similarity, ratio))
     if positions is None:
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0) if padded else torch.arange(seq, device=device)[None]
+    merged_positions = merge_positions(positions.expand(batch, seq), plan, method)
+    if padded:
+        merged_positions = torch.where(plan.mask, merged_positions, 0.0)
     return Merged(
         hidden_states=apply_plan(hidden_states, plan, method),
-        attention_mask=plan.mask.to(mask.dtype),
-        positions=torch.where(plan.mask, merge_positions(positions.expand(batch, seq), plan, method), 0.0),
+        attention_mask=plan.mask.to(mask.dtype if padded else torch.long),
+        positions=merged_positions,
         plan=plan,
     )
