@@ -6,7 +6,10 @@ import sys
 import pytest
 from tiny import tiny_model
 
-from slerpmerge.bench import causal_pairs, default_cutoffs, flops, ideal_speedup, layer_work
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from slerpmerge.bench import causal_pairs, cpu_peak_bytes, default_cutoffs, flops, ideal_speedup, layer_work
 
 
 def test_causal_pairs():
@@ -54,4 +57,35 @@ def test_bench_command_json():
         assert r["speedup"] == pytest.approx(r["base_prefill_s"] / r["merged_prefill_s"])
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
         assert r["merged_kv_bytes"] < r["base_kv_bytes"]
+        assert r["base_peak_bytes"] > r["base_kv_bytes"] and r["merged_peak_bytes"] > r["merged_kv_bytes"]
+        lo, hi = r["merged_decode_spread"]
+        assert lo <= r["merged_decode_tok_s"] <= hi
     assert rows[0]["ideal_speedup"] > rows[1]["ideal_speedup"] > 1
+
+
+def test_rss_peak_reads_a_known_allocation():
+    """64 MiB filled in a fresh process: the peak reads 64 MiB, and nothing allocated reads about nothing."""
+    code = ("import torch\n"
+            "from slerpmerge.bench import return_freed_memory, rss_peak\n"
+            "return_freed_memory()\n"
+            "rss_peak(lambda: torch.ones(2**24).sum())\n"  # warm-up
+            "print(rss_peak(lambda: torch.ones(2**24).sum()), rss_peak(lambda: None))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    filled, nothing = map(int, out.stdout.split())
+    assert filled == pytest.approx(2**26, rel=0.05)
+    assert nothing < 2**20
+
+
+def test_cpu_peak_memory_falls_with_the_merge():
+    """A prefill's peak on the CPU holds the KV cache and the activations: merging after layer 0 of 4 shrinks
+    both, merging after the last layer shrinks neither."""
+    config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    ids = torch.randint(0, 128, (1, 2048), generator=torch.Generator().manual_seed(0))
+    base, early, late = cpu_peak_bytes(model, ids, [dict(layer_cutoff=0), dict(layer_cutoff=3)])
+    kv = 4 * 2 * 2048 * 256 * 4  # layers, keys and values, tokens, width, float32
+    assert kv < base < 4 * kv
+    assert early < 0.75 * base
+    assert late == pytest.approx(base, rel=0.1)

@@ -83,8 +83,8 @@ def describe_machine(device: torch.device) -> dict:
 
 
 class PeakMemory:
-    """Peak memory a block allocates above what was in use before it, from CUDA's allocator (None on the CPU:
-    a process's resident size does not shrink when tensors are freed, so in-process CPU peaks mean nothing)."""
+    """Peak memory a block allocates above what was in use before it, from CUDA's allocator (None elsewhere: on
+    the CPU see `cpu_peak_bytes`)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak = device, None
@@ -99,6 +99,72 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+
+
+# -- CPU peak memory ---------------------------------------------------------------------------------------------
+# glibc keeps freed memory for reuse, so a long-lived process's resident size says little about one forward. A
+# fresh child process measures instead: it hands every block of 64 KiB or more back to the system on free (a fixed
+# mmap threshold), runs each prefill once to warm up, resets its peak resident size (/proc/self/clear_refs) and
+# reads how far the next prefill raises it (VmHWM) above where it started (VmRSS). Linux with glibc only.
+
+_M_MMAP_THRESHOLD = -3
+
+
+def _proc_status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def rss_peak(fn) -> int:
+    """Bytes by which ``fn()`` raises this process's peak resident size above its size before the call."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    before = _proc_status("VmRSS")
+    fn()
+    return _proc_status("VmHWM") - before
+
+
+def return_freed_memory() -> None:
+    """Make glibc unmap every freed block of 64 KiB or more at once, as a fresh process would."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+
+
+def _child_peaks(model_file: str, ids: torch.Tensor, variants: list[dict], threads: int) -> list[int]:
+    return_freed_memory()
+    torch.set_num_threads(threads)
+    model = torch.load(model_file, weights_only=False)
+    peaks = []
+    for v in [None, *variants]:
+        with contextlib.nullcontext() if v is None else merging(model, **v):
+            time_prefill(model, ids)  # warm-up
+            peaks.append(rss_peak(lambda: time_prefill(model, ids)))
+    return peaks
+
+
+def cpu_peak_bytes(model, ids: torch.Tensor, variants: list[dict]) -> list[int | None]:
+    """Peak bytes one prefill adds on the CPU, for the base model and each variant, measured in a fresh child
+    process (None where /proc/self/clear_refs or glibc is missing)."""
+    import multiprocessing
+    import tempfile
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt
+        Path("/proc/self/clear_refs").stat()
+    except OSError:
+        return [None] * (len(variants) + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = str(Path(tmp) / "model.pt")
+        torch.save(model, model_file)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_child_peaks, (model_file, ids, variants, torch.get_num_threads()))
 
 
 def _sync(device: torch.device) -> None:
@@ -187,6 +253,8 @@ class Row:
     base_decode_tok_s: float | None
     merged_decode_tok_s: float | None
     decode_speedup: float | None
+    base_decode_spread: list[float] | None  # min, max tokens/s over the decode runs
+    merged_decode_spread: list[float] | None
     base_kv_bytes: int
     merged_kv_bytes: int
     base_peak_bytes: int | None
@@ -198,9 +266,15 @@ class Row:
     settings: dict  # the patch keyword arguments
 
 
+def decode_runs(runs: int) -> int:
+    """Decode runs per setting: fewer than prefill runs, since each costs a prefill and `decode_tokens` steps."""
+    return max(3, runs // 2)
+
+
 def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, decode_tokens: int = 64,
                 progress=None) -> list[Row]:
-    """Base and each merged variant (patch kwargs) on the same `ids` (1, S): base measured once, runs interleaved."""
+    """Base and each merged variant (patch kwargs) on the same `ids` (1, S): base measured once, runs interleaved.
+    Peak memory comes from CUDA's allocator, or on the CPU from a fresh child process (`cpu_peak_bytes`)."""
     length = ids.shape[1]
     keys = [None, *range(len(variants))]
 
@@ -221,15 +295,21 @@ def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, d
                 prefill[v].append(time_prefill(model, ids)[0])
             if progress:
                 progress.update(1)
-    for v in keys:
-        with patched(v):
-            if decode_tokens:
+    rates = {v: [] for v in keys}
+    if decode_tokens:
+        for v in keys:
+            with patched(v):
                 time_decode(model, ids, 2)  # warm-up
-                decode[v] = statistics.median(time_decode(model, ids, decode_tokens) for _ in range(max(3, runs // 2)))
-            else:
-                decode[v] = None
+        for _ in range(decode_runs(runs)):  # interleaved too: drift hits base and merged alike
+            for v in keys:
+                with patched(v):
+                    rates[v].append(time_decode(model, ids, decode_tokens))
+    for v in keys:
+        decode[v] = statistics.median(rates[v]) if rates[v] else None
         if progress:
             progress.update(1)
+    if ids.device.type == "cpu":
+        peak = dict(zip(keys, cpu_peak_bytes(model, ids, variants)))
     rows = []
     for v, settings in enumerate(variants):
         base, merged = statistics.median(prefill[None]), statistics.median(prefill[v])
@@ -243,6 +323,8 @@ def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, d
             merged_prefill_spread=[min(prefill[v]), max(prefill[v])],
             speedup=base / merged, ideal_speedup=ideal, efficiency=base / merged / ideal,
             base_decode_tok_s=decode[None], merged_decode_tok_s=decode[v],
+            base_decode_spread=[min(rates[None]), max(rates[None])] if rates[None] else None,
+            merged_decode_spread=[min(rates[v]), max(rates[v])] if rates[v] else None,
             decode_speedup=decode[v] / decode[None] if decode[None] else None,
             base_kv_bytes=kv[None], merged_kv_bytes=kv[v], base_peak_bytes=peak[None], merged_peak_bytes=peak[v],
             merge_s=merge_s, layer_s=layer_s, merge_share_of_layer=merge_s / layer_s, runs=runs,
@@ -334,15 +416,17 @@ def print_table(rows: list[dict]) -> None:
     print(f"{m['model']} ({m['dtype']}) on {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}; "
           f"median of {m['runs']} runs after a warm-up")
     print(f"{'length':>7}{'cutoff':>7}{'S_merged':>9}{'base s':>9}{'merged s':>9}{'speedup':>9}{'ideal':>7}"
-          f"{'eff':>6}{'dec base':>9}{'dec mrg':>8}{'kv MB':>12}{'merge/layer':>12}")
+          f"{'eff':>6}{'dec base':>9}{'dec mrg':>8}{'kv MB':>12}{'peak MB':>12}{'merge/layer':>12}")
     for r in rows:
         dec_b = f"{r['base_decode_tok_s']:.1f}" if r["base_decode_tok_s"] else "-"
         dec_m = f"{r['merged_decode_tok_s']:.1f}" if r["merged_decode_tok_s"] else "-"
         kv = f"{r['base_kv_bytes'] / 2**20:.0f}->{r['merged_kv_bytes'] / 2**20:.0f}"
+        peak = (f"{r['base_peak_bytes'] / 2**20:.0f}->{r['merged_peak_bytes'] / 2**20:.0f}"
+                if r["base_peak_bytes"] is not None else "-")
         cutoff = ",".join(map(str, r["layer_cutoff"])) if isinstance(r["layer_cutoff"], list) else r["layer_cutoff"]
         print(f"{r['length']:>7}{cutoff:>7}{r['merged_length']:>9}{r['base_prefill_s']:>9.3f}"
               f"{r['merged_prefill_s']:>9.3f}{r['speedup']:>8.2f}x{r['ideal_speedup']:>6.2f}x{r['efficiency']:>6.2f}"
-              f"{dec_b:>9}{dec_m:>8}{kv:>12}{r['merge_share_of_layer']:>11.1%}")
+              f"{dec_b:>9}{dec_m:>8}{kv:>12}{peak:>12}{r['merge_share_of_layer']:>11.1%}")
 
 
 def add_parser(sub, model_arguments) -> None:
