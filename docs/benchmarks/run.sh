@@ -12,6 +12,6 @@ $S bench --model smollm2-135m --threads 2 --runs 5 --out $B/smollm2-135m-cpu | t
 $S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 \
   --config docs/results/smollm2-135m-tuned.json --out $B/smollm2-135m-cpu-tuned | tee $B/smollm2-135m-cpu-tuned.txt
 
-# The 2048-token rows of the first command were disturbed by another process on this 2-core machine (spreads up to
-# 2x); they were measured again, alone, with this command, and its rows replace them in smollm2-135m-cpu/bench.json.
-$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 2048 --out /tmp/b2048
+# Gemma 3 270M: sliding-window layers (512 tokens) between full ones; cutoffs 2, 6, 11, 14 of 18 layers.
+$S bench --model gemma3-270m --threads 2 --runs 5 --lengths 512,2048 \
+  --out $B/gemma3-270m-cpu | tee $B/gemma3-270m-cpu.txt

@@ -266,11 +266,6 @@ class Row:
     settings: dict  # the patch keyword arguments
 
 
-def decode_runs(runs: int) -> int:
-    """Decode runs per setting: fewer than prefill runs, since each costs a prefill and `decode_tokens` steps."""
-    return max(3, runs // 2)
-
-
 def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, decode_tokens: int = 64,
                 progress=None) -> list[Row]:
     """Base and each merged variant (patch kwargs) on the same `ids` (1, S): base measured once, runs interleaved.
@@ -300,7 +295,7 @@ def bench_model(model, ids: torch.Tensor, variants: list[dict], runs: int = 5, d
         for v in keys:
             with patched(v):
                 time_decode(model, ids, 2)  # warm-up
-        for _ in range(decode_runs(runs)):  # interleaved too: drift hits base and merged alike
+        for _ in range(runs):  # interleaved too: drift hits base and merged alike
             for v in keys:
                 with patched(v):
                     rates[v].append(time_decode(model, ids, decode_tokens))
@@ -397,7 +392,7 @@ def run(args) -> list[dict]:
     lengths = args.lengths or list(DEFAULT_LENGTHS)
     machine = describe_machine(device)
     rows = []
-    steps = len(lengths) * (args.runs + 1) * (len(variants) + 1)
+    steps = len(lengths) * (args.runs + 1) * (len(variants) + 1)  # prefill runs, then decode
     with tqdm(total=steps, desc="bench", disable=args.json or None, leave=False) as bar:
         for length in lengths:
             ids = bench_ids(tokenizer, length, model.config.vocab_size, device)
