@@ -9,10 +9,13 @@ Embedding and the head at the last position cost the same on both sides and are 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import multiprocessing
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,11 +120,13 @@ def _proc_status(key: str) -> int:
     raise OSError(f"no {key} in /proc/self/status")
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
+
+
 def rss_peak(fn) -> int:
     """Bytes by which ``fn()`` raises this process's peak resident size above its size before the call."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    _libc().malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
     before = _proc_status("VmRSS")
     fn()
@@ -129,10 +134,9 @@ def rss_peak(fn) -> int:
 
 
 def return_freed_memory() -> None:
-    """Make glibc unmap every freed block of 64 KiB or more at once, as a fresh process would."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    """Make glibc unmap every freed block of 64 KiB or more at once, instead of keeping it in the heap for reuse
+    (its default threshold rises with the blocks it has freed)."""
+    _libc().mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
 
 
 def _child_peaks(model_file: str, ids: torch.Tensor, variants: list[dict], threads: int) -> list[int]:
@@ -150,15 +154,10 @@ def _child_peaks(model_file: str, ids: torch.Tensor, variants: list[dict], threa
 def cpu_peak_bytes(model, ids: torch.Tensor, variants: list[dict]) -> list[int | None]:
     """Peak bytes one prefill adds on the CPU, for the base model and each variant, measured in a fresh child
     process (None where /proc/self/clear_refs or glibc is missing)."""
-    import multiprocessing
-    import tempfile
-
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt
+        _libc().mallopt
         Path("/proc/self/clear_refs").stat()
-    except OSError:
+    except (OSError, AttributeError):
         return [None] * (len(variants) + 1)
     with tempfile.TemporaryDirectory() as tmp:
         model_file = str(Path(tmp) / "model.pt")
