@@ -15,3 +15,8 @@ $S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 \
 # Gemma 3 270M: sliding-window layers (512 tokens) between full ones; cutoffs 2, 6, 11, 14 of 18 layers.
 $S bench --model gemma3-270m --threads 2 --runs 5 --lengths 512,2048 \
   --out $B/gemma3-270m-cpu | tee $B/gemma3-270m-cpu.txt
+
+# What the hooks cost a decode step: 256 tokens, where there is least to gain, 9 runs; cutoff 29 (the last layer)
+# merges nothing any layer reads, so it is the hooks alone.
+$S bench --model smollm2-135m --threads 2 --runs 9 --lengths 256 --cutoffs 3,19,25,29 \
+  --out $B/smollm2-135m-cpu-decode256 | tee $B/smollm2-135m-cpu-decode256.txt
