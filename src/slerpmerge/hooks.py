@@ -16,6 +16,7 @@ position shifts) stays for its decode steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import weakref
 from collections.abc import Iterator
@@ -116,7 +117,7 @@ class _Stage:
     merged_len: int = 0
     shift: torch.Tensor | int = 0  # true position - position its layers see
     # This forward: what its layers' masks and rotary embeddings are built from, and those built so far (per type).
-    inputs: tuple | None = None  # (hidden (B, q, D), positions (B, q), 2D kv mask or None, cache)
+    inputs: tuple | None = None  # (hidden (B, q, D), positions (B, q), 2D kv mask (or its maker) or None, cache)
     built: dict | None = None  # layer type -> kwargs for its layers
     reuse: bool = False  # a decode step whose layers may keep the decoder's own kwargs where its mask is None
 
@@ -258,17 +259,24 @@ class _Merger:
         batch, q, _ = hidden.shape
         if positions is None:
             positions = torch.arange(self.past, self.past + q, device=hidden.device)[None]
+        positions = positions.expand(batch, q)
+        shifted = not isinstance(stage.shift, int) or stage.shift != 0
+        if shifted:
+            positions = positions - stage.shift
         kv_mask = None
-        if stage.merged_mask is not None or self.pad_mask is not None:
-            new = self.past + q - self.prompt_len  # tokens since the prompt, this step's included
-            prefix = stage.merged_mask
-            if prefix is None:
-                prefix = torch.ones(batch, stage.merged_len, dtype=torch.bool, device=hidden.device)
-            suffix = (self.pad_mask[:, self.prompt_len:].bool() if self.pad_mask is not None
-                      else torch.ones(batch, new, dtype=torch.bool, device=hidden.device))
-            kv_mask = torch.cat([prefix, suffix], dim=1)
-        reuse = stage.merged_mask is None and isinstance(stage.shift, int) and stage.shift == 0
-        self._build_later(stage, hidden, positions.expand(batch, q) - stage.shift, kv_mask, cache, reuse)
+        if stage.merged_mask is not None or self.pad_mask is not None:  # built only if a layer needs a mask
+            kv_mask = functools.partial(self._decode_kv_mask, stage, batch, q, hidden.device)
+        self._build_later(stage, hidden, positions, kv_mask, cache, reuse=stage.merged_mask is None and not shifted)
+
+    def _decode_kv_mask(self, stage: _Stage, batch: int, q: int, device: torch.device) -> torch.Tensor:
+        """(B, S_k + new) 2D mask of the stage's cache: its merged prompt, then the tokens since."""
+        new = self.past + q - self.prompt_len  # tokens since the prompt, this step's included
+        prefix = stage.merged_mask
+        if prefix is None:
+            prefix = torch.ones(batch, stage.merged_len, dtype=torch.bool, device=device)
+        suffix = (self.pad_mask[:, self.prompt_len:].bool() if self.pad_mask is not None
+                  else torch.ones(batch, new, dtype=torch.bool, device=device))
+        return torch.cat([prefix, suffix], dim=1)
 
     def _build_later(self, stage: _Stage, hidden, positions, kv_mask, cache, reuse: bool) -> None:
         """Set what the stage's layers see this forward; their kwargs are built on first use, once per type."""
@@ -280,6 +288,9 @@ class _Merger:
     def _layer_kwargs(self, stage: _Stage, layer_type: str) -> dict:
         """Rotary embeddings and mask for a stage's layers of one type, from the model's own modules."""
         hidden, positions, kv_mask, cache = stage.inputs
+        if callable(kv_mask):  # a decode step's, made on first need
+            kv_mask = kv_mask()
+            stage.inputs = (hidden, positions, kv_mask, cache)
         layer_idx = stage.mask_layer[layer_type]
         mask = MASK_FUNCTIONS[layer_type](
             config=self.config,
