@@ -76,3 +76,9 @@ def test_models_lists_builtins():
     out = run("models").stdout
     assert "smollm2-135m" in out and "gemma3-270m" in out
     assert "30" in out and "18" in out
+
+
+def test_doctor_loads_the_builtin_models():
+    out = run("doctor").stdout
+    assert "smollm2-135m              ok:" in out and "gemma3-270m               ok:" in out
+    assert out.strip().endswith("all good")

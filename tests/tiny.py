@@ -45,3 +45,19 @@ def tiny_model(arch: str = "llama", attn: str = "sdpa", seed: int = 0, dtype=tor
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype).eval()
     model.generation_config.eos_token_id = None  # random weights: generate exactly max_new_tokens
     return model
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny models' 128 ids ("w3" .. "w127"), padding on the left: no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, COMMON["vocab_size"])}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   padding_side="left")
+
+
+def words(ids) -> str:
+    return " ".join(f"w{int(i)}" for i in ids)

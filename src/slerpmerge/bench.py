@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from .compat import Api, cache_kwargs
 from .hooks import MergeSettings, layer_types, merged_lengths, merging
 from .merge import merge_sequence
 
@@ -184,7 +185,7 @@ def time_prefill(model, ids: torch.Tensor) -> tuple[float, int, int | None]:
     with PeakMemory(device) as mem:
         _sync(device)
         start = time.perf_counter()
-        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
         _sync(device)
         elapsed = time.perf_counter() - start
     return elapsed, cache_bytes(cache), mem.peak
@@ -194,12 +195,12 @@ def time_prefill(model, ids: torch.Tensor) -> tuple[float, int, int | None]:
 def time_decode(model, ids: torch.Tensor, new_tokens: int) -> float:
     """Greedy tokens per second after the prefill, which is not counted."""
     cache = DynamicCache(config=model.config)
-    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
     _sync(ids.device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        token = model(token, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
     _sync(ids.device)
     return new_tokens / (time.perf_counter() - start)
 
@@ -212,7 +213,7 @@ def merge_cost(model, ids: torch.Tensor, settings: MergeSettings, runs: int) -> 
     seen = {}
 
     def grab(module, args, kwargs):
-        seen["args"], seen["kwargs"] = args, {**kwargs, "past_key_values": None, "use_cache": False}
+        seen["args"], seen["kwargs"] = args, {**kwargs, Api.of(model.model).cache_arg: None, "use_cache": False}
 
     handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
     model(ids, use_cache=False, logits_to_keep=1)

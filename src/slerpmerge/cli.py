@@ -143,6 +143,13 @@ def cmd_models(args) -> None:
     print(f"\ncache: {root}")
 
 
+def cmd_doctor(args) -> None:
+    from .doctor import run
+
+    if not run(args.cache_dir):
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slerpmerge", description="Merge the token sequence inside a causal LM "
                                      "with SLERP, and measure what it costs and buys.")
@@ -165,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the built-in models, installed or not, cached or not")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("doctor", help="versions, the tested transformers range, and whether the hooks work here",
+                       description="Print the versions of torch, transformers and the model packages, whether "
+                                   "transformers is in the tested range, and check that patched generation works on "
+                                   "a tiny model of every architecture and on each installed built-in model.")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_doctor)
 
     from . import bench, evaluate, tune
 

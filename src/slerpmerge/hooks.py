@@ -18,21 +18,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from . import compat
+from .compat import Api, UnknownTransformers
 from .merge import check_keeps, check_method, check_similarity, merge_sequence
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 POSITIONS = ("original", "reindex")
 CACHES = ("merged", "recompute")
-MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,9 @@ def _check_model(model) -> None:
         )
     if getattr(config, "use_bidirectional_attention", False) or not getattr(config, "is_causal", True):
         raise ValueError("slerpmerge needs causal attention; this model is configured bidirectional")
-    unknown = set(layer_types(config)) - set(MASK_FUNCTIONS)
+    unknown = set(layer_types(config)) - set(compat.MASK_FUNCTIONS)
     if unknown:
-        raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(MASK_FUNCTIONS)}")
+        raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(compat.MASK_FUNCTIONS)}")
 
 
 def _check_settings(s: MergeSettings, num_layers: int) -> None:
@@ -109,35 +111,65 @@ def _check_settings(s: MergeSettings, num_layers: int) -> None:
 
 @dataclass
 class _Stage:
-    """One merge point: its cutoff, the later layers it feeds, and what its prefill left for decoding."""
+    """One merge point: its cutoff and the layers it feeds, up to the next cutoff."""
 
     cutoff: int
-    mask_layer: dict  # layer type -> first layer of that type it feeds: the cache its masks are sized on
-    merged_mask: torch.Tensor | None = None  # (B, S_k) bool, None when no row is padded
-    merged_len: int = 0
-    shift: torch.Tensor | int = 0  # true position - position its layers see
-    # This forward: what its layers' masks and rotary embeddings are built from, and those built so far (per type).
-    inputs: tuple | None = None  # (hidden (B, q, D), positions (B, q), 2D kv mask (or its maker) or None, cache)
-    built: dict | None = None  # layer type -> kwargs for its layers
-    reuse: bool = False  # a decode step whose layers may keep the decoder's own kwargs where its mask is None
+    layers: dict  # layer index -> layer type, for every layer the stage feeds
+    mask_layer: dict  # layer type -> the first of its layers of that type: the cache its masks are sized on
+
+
+@dataclass
+class _Prefill:
+    """What a stage's prefill leaves for the decode steps that continue it."""
+
+    mask: torch.Tensor | None  # (B, S_k) bool: real tokens of the merged prompt; None when no row is padded
+    length: int  # S_k, the merged prompt's length: what the stage's caches hold of the prompt
+    shift: torch.Tensor | int  # (B, 1): true position - position the stage's layers see ("reindex"), else 0
+
+
+@dataclass
+class _Forward:
+    """One call of the decoder, from its pre-hook to its forward hook."""
+
+    pad_mask: torch.Tensor | None  # (B, past + q) 2D padding mask as given, or None
+    past: int  # tokens the cache held before this call: 0 for a prefill
+    queries: int  # q, the tokens this call adds
+    # Filled as the call goes through the cutoffs:
+    cache: DynamicCache | None = None  # the cache the layers receive (the decoder makes one when given none)
+    positions: torch.Tensor | None = None  # (B, q) true positions of this call's tokens (prefill: of the sequence
+    # as the next cutoff receives it, i.e. merged means after each stage)
+    mask: torch.Tensor | None = None  # prefill: (B, S_k) padding mask of that sequence, or None
+
+
+@dataclass
+class _LayerInputs:
+    """What a stage's layers are given in one call, built once per layer type on first need."""
+
+    hidden: torch.Tensor  # (B, q_k, D): the stage's input, for the mask's batch size and dtype
+    positions: torch.Tensor  # (B, q_k): positions its layers see
+    kv_mask: torch.Tensor | None | Callable  # (B, kv) real keys of its cache, or a function that makes it
+    query_start: int  # where this call's tokens sit in the stage's cache
+    reuse: bool  # a decode step whose layers keep the decoder's own mask and rotary where its mask is None
+    built: dict = field(default_factory=dict)  # layer type -> kwargs for its layers
 
 
 class _Merger:
-    """The state of one patched model: its hooks, and what the last prefill left for the decode steps."""
+    """The hooks of one patched model, and what the last prefill left for its decode steps."""
 
     def __init__(self, model, settings: MergeSettings):
         self.model, self.settings = model, settings
         self.decoder = model.model
         self.config = model.config
+        self.api = Api.of(self.decoder)
         types = layer_types(self.config)
-        num_layers = len(self.decoder.layers)
-        bounds = [*settings.cutoffs, num_layers - 1]
+        bounds = [*settings.cutoffs, len(self.decoder.layers) - 1]
         self.stages = []
         for k, cutoff in enumerate(settings.cutoffs):
-            stage = _Stage(cutoff, {})
-            for i in range(cutoff + 1, bounds[k + 1] + 1):
-                stage.mask_layer.setdefault(types[i], i)
-            self.stages.append(stage)
+            layers = {i: types[i] for i in range(cutoff + 1, bounds[k + 1] + 1)}
+            mask_layer = {}
+            for i, kind in layers.items():
+                mask_layer.setdefault(kind, i)
+            self.stages.append(_Stage(cutoff, layers, mask_layer))
         self.rotary_per_type = "layer_type" in inspect.signature(self.decoder.rotary_emb.forward).parameters
 
         self.handles = [
@@ -148,21 +180,20 @@ class _Merger:
         for k, stage in enumerate(self.stages):
             layer = self.decoder.layers[stage.cutoff]
             self.handles.append(layer.register_forward_hook(self._cutoff_hook(k), with_kwargs=True))
-            for i in range(stage.cutoff + 1, bounds[k + 1] + 1):
-                hook = self._later_hook(stage, types[i])
+            for i, kind in stage.layers.items():
+                hook = self._later_hook(k, kind)
                 self.handles.append(self.decoder.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
         self.saved_use_cache = model.generation_config.use_cache
         if settings.cache == "recompute":
             model.generation_config.use_cache = False
 
-        # Per forward.
-        self.pad_mask: torch.Tensor | None = None  # (B, past + q) 2D padding mask as given, or None
-        self.past = 0  # tokens the cache had seen before this forward
-        self.mask: torch.Tensor | None = None  # the current sequence's padding mask (B, S_k), or None
-        self.positions: torch.Tensor | None = None  # the current sequence's true (mean) positions (B, S_k)
-        # Per prefill, kept for its decode steps.
-        self.cache_ref = None
-        self.prompt_len = 0
+        self.call: _Forward | None = None  # the decoder call under way
+        self.inputs: list[_LayerInputs | None] = [None] * len(self.stages)  # per stage, for that call
+        # The last prefill, kept for its decode steps:
+        self.prefill: list[_Prefill] = []  # per stage
+        self.prefill_cache = None  # a weak reference to the cache it filled
+        self.prompt_len = 0  # S, the prompt's length before any merge
+        self.right_padded = False
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -179,132 +210,144 @@ class _Merger:
         mask = kwargs.get("attention_mask")
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 2):
             raise ValueError("a patched model takes a 2D (batch, seq) attention_mask; got a prepared mask")
-        cache = kwargs.get("past_key_values")
-        if cache is not None and type(cache) is not DynamicCache:
-            raise ValueError(f"a patched model needs a DynamicCache (the default); got {type(cache).__name__}")
-        self.pad_mask = mask
-        self.past = cache.get_seq_length() if cache is not None else 0
+        cache = self.api.cache(kwargs)
+        past = cache.get_seq_length() if cache is not None else 0
+        tokens = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if tokens is None and args:
+            tokens = args[0]
+        queries = tokens.shape[1]
+        if mask is not None and cache is None and mask.shape[1] > queries:
+            raise UnknownTransformers(
+                f"a decode step arrived (an attention mask over {mask.shape[1]} tokens for {queries} new ones) "
+                f"with no cache under {self.api.cache_arg!r}")
+        self.call = _Forward(mask, past, queries)
 
     def _after_decoder(self, module, args, output):
-        for stage in self.stages:
-            stage.inputs = stage.built = None  # release the masks
-        self.mask = self.positions = None
+        self.call = None
+        self.inputs = [None] * len(self.stages)  # release the masks
 
     def _cutoff_hook(self, k: int):
         def hook(module, args, kwargs, output):
             hidden = output[0] if isinstance(output, tuple) else output  # (B, q, D)
-            cache = kwargs.get("past_key_values")
-            if self.past == 0:
-                if k == 0:
-                    self._start_prefill(hidden, kwargs.get("position_ids"), cache)
-                hidden = self._prefill(self.stages[k], hidden, cache)
+            call = self.call
+            if k == 0:
+                call.cache = self.api.cache(kwargs)
+                call.positions = kwargs.get("position_ids")  # true: later cutoffs get their stage's own
+            if call.past == 0:
+                hidden = self._prefill(k, hidden)
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-            if k == 0:  # later cutoffs' kwargs hold positions already shifted for their stage: keep the true ones
-                self.positions = kwargs.get("position_ids")
-            self._decode(self.stages[k], hidden, self.positions, cache)
+            self._decode(k, hidden)
             return None
 
         return hook
 
-    def _later_hook(self, stage: _Stage, layer_type: str):
+    def _later_hook(self, k: int, layer_type: str):
         def hook(module, args, kwargs):
-            own = stage.built.get(layer_type)
+            inputs = self.inputs[k]
+            own = inputs.built.get(layer_type)
             if own is None:
                 # A decoder mask of None means no padding and nothing hidden from a one-token query: true of the
                 # shorter merged cache as well, and with no position shift the decoder's rotary fits too.
-                if stage.reuse and kwargs.get("attention_mask") is None:
+                if inputs.reuse and kwargs.get("attention_mask") is None:
                     return None
-                own = stage.built[layer_type] = self._layer_kwargs(stage, layer_type)
+                own = inputs.built[layer_type] = self._layer_kwargs(k, layer_type)
             kwargs.update(own)
+            if "cache_position" in kwargs:  # releases before 5.5 pass each layer its queries' cache positions
+                q = inputs.hidden.shape[1]
+                kwargs["cache_position"] = torch.arange(inputs.query_start, inputs.query_start + q,
+                                                        device=inputs.hidden.device)
             return args, kwargs
 
         return hook
 
-    # -- the two paths ----------------------------------------------------------------------------------------
+    # -- prefill: merge, and say what the stage's layers see ---------------------------------------------------
 
-    def _start_prefill(self, hidden: torch.Tensor, positions: torch.Tensor | None, cache) -> None:
-        batch, q, _ = hidden.shape
-        if self.pad_mask is not None and self.pad_mask.shape != (batch, q):
-            raise ValueError(f"attention_mask {tuple(self.pad_mask.shape)} does not match the input {(batch, q)}")
-        if positions is None:
-            positions = torch.arange(q, device=hidden.device)[None]
-        self.positions = positions.expand(batch, q)
-        self.mask = self.pad_mask
-        self.cache_ref = weakref.ref(cache) if cache is not None else None
-        self.prompt_len = q
-
-    def _prefill(self, stage: _Stage, hidden: torch.Tensor, cache) -> torch.Tensor:
-        s = self.settings
-        merged = merge_sequence(hidden, self.mask, s.keep_start, s.keep_end, s.method, self.positions,
+    def _prefill(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        call, s = self.call, self.settings
+        if k == 0:
+            self._start_prefill(hidden)
+        merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
                                 s.similarity, s.ratio)
         real = merged.plan.mask  # (B, S_k)
-        seen = merged.positions
-        stage.shift = 0
+        seen, shift = merged.positions, 0
         if s.positions == "reindex":
             seen = (real.long().cumsum(1) - 1).clamp(min=0)
             last = _last_real(real)[:, None]
-            stage.shift = merged.positions.gather(1, last).round().long() - seen.gather(1, last)
-        stage.merged_len = merged.plan.length
-        stage.merged_mask = None if bool(real.all()) else real
-        self.mask, self.positions = stage.merged_mask, merged.positions
-        self._build_later(stage, merged.hidden_states, seen, stage.merged_mask, cache, reuse=False)
+            shift = merged.positions.gather(1, last).round().long() - seen.gather(1, last)
+        record = _Prefill(None if bool(real.all()) else real, merged.plan.length, shift)
+        self.prefill.append(record)
+        call.mask, call.positions = record.mask, merged.positions
+        self.inputs[k] = _LayerInputs(merged.hidden_states, seen, record.mask, 0, reuse=False)
+        for layer_type in self.stages[k].mask_layer:  # now, while the stage's input is at hand
+            self.inputs[k].built[layer_type] = self._layer_kwargs(k, layer_type)
         return merged.hidden_states
 
-    def _decode(self, stage: _Stage, hidden: torch.Tensor, positions: torch.Tensor | None, cache) -> None:
-        if cache is None or self.cache_ref is None or self.cache_ref() is not cache:
+    def _start_prefill(self, hidden: torch.Tensor) -> None:
+        call = self.call
+        batch, q, _ = hidden.shape
+        if call.pad_mask is not None and call.pad_mask.shape != (batch, q):
+            raise ValueError(f"attention_mask {tuple(call.pad_mask.shape)} does not match the input {(batch, q)}")
+        positions = call.positions if call.positions is not None else torch.arange(q, device=hidden.device)[None]
+        call.positions = positions.expand(batch, q)
+        call.mask = call.pad_mask
+        self.prefill = []
+        self.prefill_cache = weakref.ref(call.cache) if call.cache is not None else None
+        self.prompt_len = q
+        self.right_padded = call.pad_mask is not None and not bool(call.pad_mask[:, -1].all())
+
+    # -- decode: nothing merged; the new tokens attend to each stage's cache at their true positions -----------
+
+    def _decode(self, k: int, hidden: torch.Tensor) -> None:
+        call = self.call
+        if call.cache is None or self.prefill_cache is None or self.prefill_cache() is not call.cache:
             raise RuntimeError(
                 "this cache was not filled by a merged prefill of this patched model; "
                 "start generation from an empty cache while patched"
             )
+        if self.right_padded:
+            raise ValueError("generation continues every row from its last position, which right padding fills "
+                             "with a pad token: pad prompts on the left (tokenizer.padding_side = 'left')")
+        record = self.prefill[k]
         batch, q, _ = hidden.shape
+        positions = call.positions
         if positions is None:
-            positions = torch.arange(self.past, self.past + q, device=hidden.device)[None]
+            positions = torch.arange(call.past, call.past + q, device=hidden.device)[None]
         positions = positions.expand(batch, q)
-        shifted = not isinstance(stage.shift, int) or stage.shift != 0
+        shifted = not isinstance(record.shift, int) or record.shift != 0
         if shifted:
-            positions = positions - stage.shift
+            positions = positions - record.shift
         kv_mask = None
-        if stage.merged_mask is not None or self.pad_mask is not None:  # built only if a layer needs a mask
-            kv_mask = functools.partial(self._decode_kv_mask, stage, batch, q, hidden.device)
-        self._build_later(stage, hidden, positions, kv_mask, cache, reuse=stage.merged_mask is None and not shifted)
+        if record.mask is not None or call.pad_mask is not None:  # built only if a layer needs a mask
+            kv_mask = functools.partial(self._decode_kv_mask, record, batch, q, hidden.device)
+        start = record.length + call.past - self.prompt_len
+        self.inputs[k] = _LayerInputs(hidden, positions, kv_mask, start, reuse=record.mask is None and not shifted)
 
-    def _decode_kv_mask(self, stage: _Stage, batch: int, q: int, device: torch.device) -> torch.Tensor:
+    def _decode_kv_mask(self, record: _Prefill, batch: int, q: int, device: torch.device) -> torch.Tensor:
         """(B, S_k + new) 2D mask of the stage's cache: its merged prompt, then the tokens since."""
-        new = self.past + q - self.prompt_len  # tokens since the prompt, this step's included
-        prefix = stage.merged_mask
+        call = self.call
+        new = call.past + q - self.prompt_len  # tokens since the prompt, this step's included
+        prefix = record.mask
         if prefix is None:
-            prefix = torch.ones(batch, stage.merged_len, dtype=torch.bool, device=device)
-        suffix = (self.pad_mask[:, self.prompt_len:].bool() if self.pad_mask is not None
+            prefix = torch.ones(batch, record.length, dtype=torch.bool, device=device)
+        suffix = (call.pad_mask[:, self.prompt_len:].bool() if call.pad_mask is not None
                   else torch.ones(batch, new, dtype=torch.bool, device=device))
         return torch.cat([prefix, suffix], dim=1)
 
-    def _build_later(self, stage: _Stage, hidden, positions, kv_mask, cache, reuse: bool) -> None:
-        """Set what the stage's layers see this forward; their kwargs are built on first use, once per type."""
-        stage.inputs, stage.built, stage.reuse = (hidden, positions, kv_mask, cache), {}, reuse
-        if not reuse:  # build now, while `hidden` is the stage's input
-            for layer_type in stage.mask_layer:
-                stage.built[layer_type] = self._layer_kwargs(stage, layer_type)
+    # -- what a stage's layers are given ------------------------------------------------------------------------
 
-    def _layer_kwargs(self, stage: _Stage, layer_type: str) -> dict:
+    def _layer_kwargs(self, k: int, layer_type: str) -> dict:
         """Rotary embeddings and mask for a stage's layers of one type, from the model's own modules."""
-        hidden, positions, kv_mask, cache = stage.inputs
-        if callable(kv_mask):  # a decode step's, made on first need
-            kv_mask = kv_mask()
-            stage.inputs = (hidden, positions, kv_mask, cache)
-        layer_idx = stage.mask_layer[layer_type]
-        mask = MASK_FUNCTIONS[layer_type](
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=kv_mask,
-            past_key_values=cache,
-            position_ids=None,  # fractional positions must not read as packed sequences
-            layer_idx=layer_idx if cache is not None else None,
-        )
+        inputs = self.inputs[k]
+        if callable(inputs.kv_mask):  # a decode step's, made on first need
+            inputs.kv_mask = inputs.kv_mask()
+        hidden, positions = inputs.hidden, inputs.positions
+        mask = self.api.mask(layer_type, self.config, hidden, inputs.kv_mask, self.call.cache,
+                             self.stages[k].mask_layer[layer_type], inputs.query_start)
         rotary = self.decoder.rotary_emb
         if self.rotary_per_type:
             embeddings = rotary(hidden, positions, layer_type)
         else:
-            shared = next((b["position_embeddings"] for b in stage.built.values()), None)
+            shared = next((b["position_embeddings"] for b in inputs.built.values()), None)
             embeddings = shared if shared is not None else rotary(hidden, positions)
         return dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
 
@@ -335,6 +378,9 @@ def patch(
     if hasattr(model, "_slerpmerge"):
         raise ValueError("model is already patched; call slerpmerge.unpatch(model) first")
     _check_model(model)
+    if not compat.tested():
+        warnings.warn(f"slerpmerge is tested on transformers {compat.TESTED_RANGE}, not {compat.version()}: "
+                      "check generations with `slerpmerge doctor`", stacklevel=2)
     if isinstance(layer_cutoff, (list, tuple)):
         layer_cutoff = layer_cutoff[0] if len(layer_cutoff) == 1 else tuple(layer_cutoff)
     settings = MergeSettings(layer_cutoff, keep_start, keep_end, positions, method, cache, similarity, ratio)
@@ -364,7 +410,7 @@ def merged_lengths(model) -> list[int]:
     merger = getattr(model, "_slerpmerge", None)
     if merger is None:
         raise ValueError("model is not patched by slerpmerge")
-    return [stage.merged_len for stage in merger.stages]
+    return [record.length for record in merger.prefill]
 
 
 @contextlib.contextmanager
