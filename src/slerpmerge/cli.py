@@ -8,20 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .hooks import CACHES, POSITIONS
-from .merge import METHODS
+from . import settings
 from .models import BUILTINS, DEFAULT_MODEL, ModelNotInstalled
-
-
-def _merge_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("merging (defaults: the model's own, see `slerpmerge models`)")
-    g.add_argument("--layer-cutoff", type=int, help="merge after this decoder layer (0-based)")
-    g.add_argument("--keep-start", type=int, help="first tokens kept unmerged")
-    g.add_argument("--keep-end", type=int, help="last tokens kept unmerged")
-    g.add_argument("--positions", choices=POSITIONS, help="positions the later layers see")
-    g.add_argument("--method", choices=METHODS, help="how a pair becomes one token")
-    g.add_argument("--cache", choices=CACHES, help="merged KV cache, or re-merge everything every step")
-    g.add_argument("--config", type=Path, help="JSON file of patch settings (from `slerpmerge tune`)")
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,22 +22,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 def merge_settings(args, model) -> dict:
     """The model's defaults, overridden by --config, overridden by explicit flags."""
-    settings = dict(BUILTINS[args.model].defaults) if args.model in BUILTINS else default_settings(model)
-    if args.config:
-        try:
-            settings.update(json.loads(args.config.read_text()))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read settings from {args.config}: {e}") from None
-    for key in ("layer_cutoff", "keep_start", "keep_end", "positions", "method", "cache"):
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-    return settings
-
-
-def default_settings(model) -> dict:
-    """For a model with no tuned defaults: merge two thirds of the way down, keep sinks and a recent window."""
-    layers = model.config.num_hidden_layers
-    return dict(layer_cutoff=max(0, (2 * layers) // 3 - 1), keep_start=4, keep_end=32)
+    defaults = (BUILTINS[args.model].defaults if args.model in BUILTINS
+                else settings.default_settings(model.config.num_hidden_layers))
+    return settings.from_args(args, defaults)
 
 
 def _read_prompt(args) -> str:
@@ -77,20 +52,20 @@ def _load(args):
 
 def cmd_generate(args) -> None:
     from .generate import compare, encode, timed_generate
-    from .hooks import merging
+    from .patching import merging
     from .models import is_chat
 
     prompt = _read_prompt(args)
     model, tokenizer = _load(args)
-    settings = merge_settings(args, model)
-    with merging(model, **settings):  # validate the settings before any work
+    chosen = merge_settings(args, model)
+    with merging(model, **chosen):  # validate the settings before any work
         pass
     chat = is_chat(tokenizer, args.model) if args.chat is None else args.chat
     inputs = encode(tokenizer, prompt, chat)
-    head = {"model": args.model, **settings, "prompt_tokens": inputs["input_ids"].shape[1]}
+    head = {"model": args.model, **chosen, "prompt_tokens": inputs["input_ids"].shape[1]}
 
     if not args.compare:
-        with merging(model, **settings):
+        with merging(model, **chosen):
             merged = timed_generate(model, tokenizer, inputs, args.max_new_tokens, warmup=False)
         if args.json:
             print(json.dumps({**head, "merged": _timed_json(merged)}))
@@ -98,14 +73,14 @@ def cmd_generate(args) -> None:
             print(merged.text)
         return
 
-    result = compare(model, tokenizer, inputs, args.max_new_tokens, **settings)
+    result = compare(model, tokenizer, inputs, args.max_new_tokens, **chosen)
     if args.json:
         print(json.dumps({**head, "base": _timed_json(result["base"]), "merged": _timed_json(result["merged"]),
                           "speedup_prefill": result["speedup_prefill"], "speedup_decode": result["speedup_decode"],
                           "agreement": result["agreement"]}))
         return
     base, merged = result["base"], result["merged"]
-    where = ", ".join(f"{k}={v}" for k, v in settings.items())
+    where = ", ".join(f"{k}={v}" for k, v in chosen.items())
     print(f"{args.model}: {head['prompt_tokens']} prompt tokens, {args.max_new_tokens} new tokens at most\n")
     print(f"--- base ---\n{base.text.strip()}\n")
     print(f"--- merged ({where}) ---\n{merged.text.strip()}\n")
@@ -161,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="prompt text (default: the embedded document and a question)")
     p.add_argument("--file", "-f", type=Path, help="read the prompt from a file ('-' for stdin)")
     _model_arguments(p)
-    _merge_arguments(p)
+    settings.add_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the chat template (default: for instruct models)")
@@ -180,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_doctor)
 
-    from . import bench, evaluate, tune
+    from . import bench, calibrate, evaluate, tune
 
     bench.add_parser(sub, _model_arguments)
+    calibrate.add_parser(sub, _model_arguments)
     evaluate.add_parser(sub, _model_arguments)
     tune.add_parser(sub, _model_arguments)
     return parser

@@ -47,7 +47,8 @@ def _cache_name(function, what: str) -> str:
     for name in CACHE_NAMES:
         if name in params:
             return name
-    raise UnknownTransformers(f"{what} takes the cache under none of the names slerpmerge knows ({', '.join(CACHE_NAMES)})")
+    raise UnknownTransformers(f"{what} takes the cache under none of the names slerpmerge knows "
+                              f"({', '.join(CACHE_NAMES)})")
 
 
 def cache_kwargs(model, cache) -> dict:
@@ -85,7 +86,8 @@ class Api:
         if cache is None:
             strays = [k for k, v in kwargs.items() if isinstance(v, transformers.cache_utils.Cache)]
             if strays:
-                raise UnknownTransformers(f"a cache arrived as {strays[0]!r}, where slerpmerge reads {self.cache_arg!r}")
+                raise UnknownTransformers(f"a cache arrived as {strays[0]!r}, where slerpmerge reads "
+                                          f"{self.cache_arg!r}")
             return None
         if type(cache) is not DynamicCache:
             raise ValueError(f"a patched model needs a DynamicCache (the default); got {type(cache).__name__}")

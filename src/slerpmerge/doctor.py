@@ -27,7 +27,7 @@ def check_architecture(config) -> None:
     """A random tiny model of this config: a left-padded batch generates as each prompt alone, while patched."""
     from transformers import AutoModelForCausalLM
 
-    from .hooks import merging
+    from .patching import merging
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
@@ -62,7 +62,7 @@ def tiny_configs() -> dict:
 
 
 def check_builtin(name: str, cache: str | None) -> str:
-    from .hooks import merging
+    from .patching import merging
     from .models import BUILTINS, load
 
     model, tokenizer = load(name, cache=cache)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from .hooks import merging
+from .patching import merging
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Hooking a Hugging Face causal LM so that its token sequence is merged after a decoder layer (or several).
+"""The hooks that shorten a Hugging Face causal LM's token sequence after a decoder layer (or several).
 
 Nothing of an architecture's forward is copied. Three kinds of hooks ride on the decoder's own loop:
 
@@ -15,99 +15,21 @@ position shifts) stays for its decode steps.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import warnings
 import weakref
-from collections.abc import Iterator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from . import compat
+from . import methods
+from .architecture import layer_types
 from .compat import Api, UnknownTransformers
-from .merge import check_keeps, check_method, check_similarity, merge_sequence
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-POSITIONS = ("original", "reindex")
-CACHES = ("merged", "recompute")
-
-
-@dataclass(frozen=True)
-class MergeSettings:
-    """How a patched model merges. ``patch(model, **asdict(settings))`` re-applies it."""
-
-    layer_cutoff: int | tuple[int, ...]  # merge after this layer; several: merge again after each
-    keep_start: int = 0
-    keep_end: int = 0
-    positions: str = "original"  # later layers see each merged token at its pair's mean position, or "reindex"
-    method: str = "slerp"  # or "mean", "drop"
-    cache: str = "merged"  # or "recompute": no cache, the whole sequence merged again at every step
-    similarity: float | None = None  # merge only pairs whose hidden states' cosine reaches this
-    ratio: float | None = None  # or only this fraction of the pairs, the most similar first
-
-    @property
-    def cutoffs(self) -> tuple[int, ...]:
-        c = self.layer_cutoff
-        return tuple(c) if isinstance(c, (list, tuple)) else (c,)
-
-
-def layer_types(config) -> list[str]:
-    """Attention type of every decoder layer, as the model's forward chooses its masks."""
-    types = getattr(config, "layer_types", None)
-    if types is None:
-        kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
-        types = [kind] * config.num_hidden_layers
-    return list(types)
-
-
-def _check_model(model) -> None:
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"slerpmerge cannot drive model type {model_type!r} ({type(model).__name__}); "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} causal LMs"
-        )
-    decoder = getattr(model, "model", None)
-    for part in ("layers", "rotary_emb", "norm"):
-        if not hasattr(decoder, part):
-            raise ValueError(f"{type(model).__name__} has no model.{part}: not a decoder slerpmerge can drive")
-    attn = config._attn_implementation
-    if attn not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attention implementation {attn!r} is not supported; load the model with "
-            f"attn_implementation in {ATTENTION_IMPLEMENTATIONS}"
-        )
-    if getattr(config, "use_bidirectional_attention", False) or not getattr(config, "is_causal", True):
-        raise ValueError("slerpmerge needs causal attention; this model is configured bidirectional")
-    unknown = set(layer_types(config)) - set(compat.MASK_FUNCTIONS)
-    if unknown:
-        raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(compat.MASK_FUNCTIONS)}")
-
-
-def _check_settings(s: MergeSettings, num_layers: int) -> None:
-    cutoffs = s.cutoffs
-    if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs):
-        raise ValueError(f"layer_cutoff must be an integer or a list of integers, got {s.layer_cutoff!r}")
-    for c in cutoffs:
-        if not 0 <= c < num_layers:
-            raise ValueError(f"layer_cutoff must be in 0..{num_layers - 1} (this model has {num_layers} layers), "
-                             f"got {c}")
-    if list(cutoffs) != sorted(set(cutoffs)):
-        raise ValueError(f"several layer cutoffs must be strictly increasing, got {list(cutoffs)}")
-    check_keeps(s.keep_start, s.keep_end)
-    if s.positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got {s.positions!r}")
-    if s.cache not in CACHES:
-        raise ValueError(f"cache must be one of {', '.join(CACHES)}; got {s.cache!r}")
-    check_method(s.method)
-    check_similarity(s.similarity, s.ratio)
-
+from .merge import merge_sequence
+from .score import AttentionProbe
+from .settings import MergeSettings
 
 @dataclass
 class _Stage:
@@ -153,7 +75,7 @@ class _LayerInputs:
     built: dict = field(default_factory=dict)  # layer type -> kwargs for its layers
 
 
-class _Merger:
+class Merger:
     """The hooks of one patched model, and what the last prefill left for its decode steps."""
 
     def __init__(self, model, settings: MergeSettings):
@@ -162,6 +84,10 @@ class _Merger:
         self.config = model.config
         self.api = Api.of(self.decoder)
         types = layer_types(self.config)
+        # Scored methods: a probe on each cutoff layer catches its queries and keys during a prefill.
+        self.probes = [AttentionProbe(self.decoder.layers[c], self.config,
+                                      self.config.sliding_window if types[c] == "sliding_attention" else None)
+                       for c in settings.cutoffs] if methods.get(settings.method).scored else []
         bounds = [*settings.cutoffs, len(self.decoder.layers) - 1]
         self.stages = []
         for k, cutoff in enumerate(settings.cutoffs):
@@ -193,11 +119,14 @@ class _Merger:
         self.prefill: list[_Prefill] = []  # per stage
         self.prefill_cache = None  # a weak reference to the cache it filled
         self.prompt_len = 0  # S, the prompt's length before any merge
+        self.since_prompt = 0  # tokens fed since the prompt (counted: a compressed cache would under-count them)
         self.right_padded = False
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for probe in self.probes:
+            probe.remove()
         self.model.generation_config.use_cache = self.saved_use_cache
 
     # -- hooks ------------------------------------------------------------------------------------------------
@@ -221,9 +150,15 @@ class _Merger:
                 f"a decode step arrived (an attention mask over {mask.shape[1]} tokens for {queries} new ones) "
                 f"with no cache under {self.api.cache_arg!r}")
         self.call = _Forward(mask, past, queries)
+        for probe in self.probes:
+            probe.armed = past == 0
 
     def _after_decoder(self, module, args, output):
+        if self.call.past > 0:
+            self.since_prompt += self.call.queries
         self.call = None
+        for probe in self.probes:
+            probe.armed = False
         self.inputs = [None] * len(self.stages)  # release the masks
 
     def _cutoff_hook(self, k: int):
@@ -266,8 +201,9 @@ class _Merger:
         call, s = self.call, self.settings
         if k == 0:
             self._start_prefill(hidden)
+        scores = self.probes[k].importance(call.mask, s) if self.probes else None
         merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
-                                s.similarity, s.ratio)
+                                s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
         real = merged.plan.mask  # (B, S_k)
         seen, shift = merged.positions, 0
         if s.positions == "reindex":
@@ -292,7 +228,7 @@ class _Merger:
         call.mask = call.pad_mask
         self.prefill = []
         self.prefill_cache = weakref.ref(call.cache) if call.cache is not None else None
-        self.prompt_len = q
+        self.prompt_len, self.since_prompt = q, 0
         self.right_padded = call.pad_mask is not None and not bool(call.pad_mask[:, -1].all())
 
     # -- decode: nothing merged; the new tokens attend to each stage's cache at their true positions -----------
@@ -318,14 +254,14 @@ class _Merger:
             positions = positions - record.shift
         kv_mask = None
         if record.mask is not None or call.pad_mask is not None:  # built only if a layer needs a mask
-            kv_mask = functools.partial(self._decode_kv_mask, record, batch, q, hidden.device)
-        start = record.length + call.past - self.prompt_len
+            kv_mask = functools.partial(self._decode_kv_mask, k, record, batch, q, hidden.device)
+        start = record.length + self.since_prompt
         self.inputs[k] = _LayerInputs(hidden, positions, kv_mask, start, reuse=record.mask is None and not shifted)
 
-    def _decode_kv_mask(self, record: _Prefill, batch: int, q: int, device: torch.device) -> torch.Tensor:
+    def _decode_kv_mask(self, k: int, record: _Prefill, batch: int, q: int, device: torch.device) -> torch.Tensor:
         """(B, S_k + new) 2D mask of the stage's cache: its merged prompt, then the tokens since."""
         call = self.call
-        new = call.past + q - self.prompt_len  # tokens since the prompt, this step's included
+        new = self.since_prompt + q  # tokens since the prompt, this step's included
         prefix = record.mask
         if prefix is None:
             prefix = torch.ones(batch, record.length, dtype=torch.bool, device=device)
@@ -341,8 +277,17 @@ class _Merger:
         if callable(inputs.kv_mask):  # a decode step's, made on first need
             inputs.kv_mask = inputs.kv_mask()
         hidden, positions = inputs.hidden, inputs.positions
-        mask = self.api.mask(layer_type, self.config, hidden, inputs.kv_mask, self.call.cache,
-                             self.stages[k].mask_layer[layer_type], inputs.query_start)
+        layer = self.stages[k].mask_layer[layer_type]
+        held = self.call.cache.get_seq_length(layer) if self.call.past else inputs.query_start
+        if held != inputs.query_start:  # something (a KV-cache compression such as a kvpress press) changed it
+            if inputs.kv_mask is not None:
+                raise ValueError(
+                    f"layer {layer}'s cache holds {held} entries where the merged prefill and the steps since left "
+                    f"{inputs.query_start}: a KV-cache compression changed it, and which of the entries left are "
+                    "padding is unknown. Continue such a cache on unpadded rows only")
+            inputs.query_start = held  # an unpadded row sees every entry left, and its new tokens causally
+        mask = self.api.mask(layer_type, self.config, hidden, inputs.kv_mask, self.call.cache, layer,
+                             inputs.query_start)
         rotary = self.decoder.rotary_emb
         if self.rotary_per_type:
             embeddings = rotary(hidden, positions, layer_type)
@@ -356,70 +301,5 @@ def _last_real(mask: torch.Tensor) -> torch.Tensor:
     """(B, S) bool -> (B,) index of each row's last real token (0 for an empty row)."""
     idx = torch.arange(mask.shape[1], device=mask.device)
     return torch.where(mask, idx, 0).amax(1)
-
-
-def patch(
-    model,
-    layer_cutoff: int | list[int],
-    keep_start: int = 0,
-    keep_end: int = 0,
-    positions: str = "original",
-    method: str = "slerp",
-    cache: str = "merged",
-    similarity: float | None = None,
-    ratio: float | None = None,
-):
-    """Merge the token sequence of ``model`` after decoder layer ``layer_cutoff`` (0-based; a list merges again
-    after each). Returns the model.
-
-    The logits then cover the merged positions (B, S', vocab); the last one is always the real last token, so
-    ``generate`` and pipelines work unchanged. ``unpatch`` undoes it exactly.
-    """
-    if hasattr(model, "_slerpmerge"):
-        raise ValueError("model is already patched; call slerpmerge.unpatch(model) first")
-    _check_model(model)
-    if not compat.tested():
-        warnings.warn(f"slerpmerge is tested on transformers {compat.TESTED_RANGE}, not {compat.version()}: "
-                      "check generations with `slerpmerge doctor`", stacklevel=2)
-    if isinstance(layer_cutoff, (list, tuple)):
-        layer_cutoff = layer_cutoff[0] if len(layer_cutoff) == 1 else tuple(layer_cutoff)
-    settings = MergeSettings(layer_cutoff, keep_start, keep_end, positions, method, cache, similarity, ratio)
-    _check_settings(settings, len(model.model.layers))
-    model._slerpmerge = _Merger(model, settings)
-    return model
-
-
-def unpatch(model):
-    """Remove the hooks and restore the generation defaults. Returns the model."""
-    merger = getattr(model, "_slerpmerge", None)
-    if merger is None:
-        raise ValueError("model is not patched by slerpmerge")
-    merger.remove()
-    del model._slerpmerge
-    return model
-
-
-def settings_of(model) -> MergeSettings | None:
-    """The settings a model is patched with, or None."""
-    merger = getattr(model, "_slerpmerge", None)
-    return merger.settings if merger is not None else None
-
-
-def merged_lengths(model) -> list[int]:
-    """How many tokens each stage's layers saw in the patched model's last prefill (one stage per cutoff)."""
-    merger = getattr(model, "_slerpmerge", None)
-    if merger is None:
-        raise ValueError("model is not patched by slerpmerge")
-    return [record.length for record in merger.prefill]
-
-
-@contextlib.contextmanager
-def merging(model, layer_cutoff: int, **kwargs) -> Iterator:
-    """``with merging(model, layer_cutoff=8): ...`` patches for the block and always unpatches after it."""
-    patch(model, layer_cutoff, **kwargs)
-    try:
-        yield model
-    finally:
-        unpatch(model)
 
 

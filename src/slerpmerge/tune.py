@@ -1,108 +1,186 @@
-"""Pick the fastest merge setting that keeps next-token top-1 agreement at or above a target.
+"""Pick the fastest setting, among every method, that keeps both next-token agreement on prose and the answers of
+retrieval tasks at or above their targets.
 
-Candidates (cutoffs across the depth x recent windows x pairing rules x stages) are scored on calibration windows
-against the base model; speed is the ideal speedup from the model's shapes at the lengths each stage really saw,
-since the measured speedup follows it closely (docs/benchmarks.md) and is far noisier on a small set.
+Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with two recent windows;
+scored methods with all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at
+the retrieval length (the measured speedup follows it closely, docs/benchmarks.md, and is far noisier on a few
+windows). Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first
+that meets both targets is chosen. Calibration, tuning and `eval` use different items (seeds 2, 1 and 0).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
-from pathlib import Path
 
 import torch
 
-from .bench import ideal_speedup
+from . import calibrate
+from .bench.ideal import ideal_speedup
 from .evaluate.corpus import read_texts, token_stream, windows
-from .hooks import MergeSettings, merged_lengths, merging
+from .evaluate.tasks import TASKS, correct
+from .patching import merging
+from .merge import merge_sequence
+from .methods import METHODS
+from .settings import MergeSettings, cutoff_grid, label
+
+SCORED = dict(window=8, spread=8)  # what `calibrate` found best on SmolLM2 (docs/results.md)
 
 
-def candidates(num_layers: int, quick: bool = False) -> list[dict]:
-    """The settings tried: single cuts, the most-similar half of the pairs, and two-stage merges."""
-    fractions = (0.2, 0.4, 0.6, 0.8) if quick else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-    cuts = sorted({min(num_layers - 2, max(1, round(num_layers * f))) for f in fractions})
-    windows_kept = (32, 128) if quick else (16, 32, 64, 128)
+def candidates(num_layers: int, quick: bool = False, heads: dict | None = None) -> list[dict]:
+    """Every method's `tune` options at cutoffs across the depth and two recent windows, and two-stage merges;
+    scored methods also with each cutoff's calibrated heads (``heads``: cutoff -> heads)."""
+    fractions = (0.25, 0.5, 0.75) if quick else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    cuts = [c for c in cutoff_grid(num_layers, fractions) if 0 < c < num_layers - 1]
     out = []
-    for keep_end in windows_kept:
+    for keep_end in (32, 128):
         for c in cuts:
-            for method in ("slerp", "drop"):
-                out.append(dict(layer_cutoff=c, keep_start=4, keep_end=keep_end, method=method))
-            out.append(dict(layer_cutoff=c, keep_start=4, keep_end=keep_end, ratio=0.5))
+            for name, method in METHODS.items():
+                for options in method.tune:
+                    s = dict(layer_cutoff=c, keep_start=4, keep_end=keep_end, method=name, **options)
+                    if method.scored:
+                        s.update(SCORED)
+                        if heads and c in heads:
+                            out.append({**s, "heads": list(heads[c])})
+                    out.append(s)
         for i, c1 in enumerate(cuts):
             for c2 in cuts[i + 1:]:
                 out.append(dict(layer_cutoff=[c1, c2], keep_start=4, keep_end=keep_end))
     return out
 
 
+def stage_lengths(setting: dict, length: int, dim: int = 8) -> list[int]:
+    """The tokens each stage of `setting` leaves of a `length`-token prompt, from the merge itself on random
+    vectors (pair rules read lengths only; scored rules keep their target whatever the scores)."""
+    s = MergeSettings.make(**setting)
+    g = torch.Generator().manual_seed(0)
+    hidden, out = torch.randn(1, length, dim, generator=g), []
+    o = s.options
+    for _ in s.cutoffs:
+        scores = torch.rand(hidden.shape[:2], generator=g) if METHODS[s.method].scored else None
+        hidden = merge_sequence(hidden, None, s.keep_start, s.keep_end, s.method, None, o.get("similarity"),
+                                o.get("ratio"), scores=scores, target=o.get("target"),
+                                protect=o.get("protect")).hidden_states
+        out.append(hidden.shape[1])
+    return out
+
+
+def ideal(model, setting: dict, length: int) -> float:
+    return ideal_speedup(model, length, stage_lengths(setting, length), MergeSettings.make(**setting).cutoffs)
+
+
 @torch.inference_mode()
-def score(model, windows_ids: list[torch.Tensor], settings: list[dict], progress=None) -> list[dict]:
-    """Top-1 agreement with the base model's next token, and the ideal speedup, for every setting."""
-    base = [int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) for ids in windows_ids]
-    results = []
-    for s in settings:
-        agree, lengths = [], []
-        with merging(model, **s):
-            for ids, want in zip(windows_ids, base):
-                agree.append(int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) == want)
-                lengths.append(merged_lengths(model))
-        mean_lengths = [round(statistics.mean(stage)) for stage in zip(*lengths)]
-        length = windows_ids[0].numel()
-        results.append({"settings": s, "agreement": sum(agree) / len(agree),
-                        "ideal_speedup": ideal_speedup(model, length, mean_lengths, MergeSettings(**s).cutoffs),
-                        "merged_length": mean_lengths[-1]})
+def agreement(model, prose: list[torch.Tensor], base: list[int], setting: dict) -> float:
+    """Top-1 agreement with the base model's next token over the prose windows."""
+    with merging(model, **setting):
+        hits = [int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) == want
+                for ids, want in zip(prose, base)]
+    return sum(hits) / len(hits)
+
+
+@torch.inference_mode()
+def answers(model, tokenizer, items, setting: dict | None, stop_at_miss: list[bool] | None = None) -> list[bool]:
+    """Which items the model answers (patched by `setting` unless None); with ``stop_at_miss`` (the base model's
+    answers), stop at the first item the base answers and this setting does not."""
+    got = []
+    with merging(model, **setting) if setting else torch.inference_mode():
+        for i, item in enumerate(items):
+            out = model.generate(item.ids, attention_mask=torch.ones_like(item.ids), max_new_tokens=8,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            got.append(correct(tokenizer.decode(out[0, item.ids.shape[1]:], skip_special_tokens=True),
+                               item.answers))
+            if stop_at_miss is not None and stop_at_miss[i] and not got[-1]:
+                break
+    return got
+
+
+def search(model, tokenizer, prose, items, settings: list[dict], target_agreement: float,
+           target_retrieval: float, length: int, progress=None) -> tuple[dict | None, list[dict]]:
+    """The fastest setting meeting both targets (None if none does), and every setting tried."""
+    base_next = [int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) for ids in prose]
+    base_right = answers(model, tokenizer, items, None)
+    needed = sum(base_right)
+    speed = {json.dumps(s, sort_keys=True): ideal(model, s, length) for s in settings}
+    ranked = sorted(settings, key=lambda s: speed[json.dumps(s, sort_keys=True)], reverse=True)
+    tried = []
+    for s in ranked:
+        row = {"settings": s, "label": label(s), "ideal_speedup": speed[json.dumps(s, sort_keys=True)]}
+        got = answers(model, tokenizer, items, s, base_right)
+        kept = sum(g and b for g, b in zip(got, base_right))
+        row["retrieval"] = kept / needed if needed else 1.0
+        if row["retrieval"] >= target_retrieval:
+            row["agreement"] = agreement(model, prose, base_next, s)
+        tried.append(row)
         if progress:
             progress.update(1)
-    return results
+        if row["retrieval"] >= target_retrieval and row["agreement"] >= target_agreement:
+            return row, tried
+    return None, tried
 
 
-def pick(results: list[dict], target: float) -> dict:
-    ok = [r for r in results if r["agreement"] >= target]
-    if not ok:
-        best = max(results, key=lambda r: (r["agreement"], r["ideal_speedup"]))
-        raise ValueError(f"no candidate keeps top-1 agreement >= {target:.2f}; the best reached "
-                         f"{best['agreement']:.2f} with {json.dumps(best['settings'])}")
-    return max(ok, key=lambda r: (r["ideal_speedup"], r["agreement"]))
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from .models import load
+
+    for name in ("target_agreement", "target_retrieval"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} is a fraction in [0, 1]")
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load(args.model, cache=args.cache_dir)
+    layers = model.config.num_hidden_layers
+    q = args.quick
+    length, count = args.length or (256 if q else 1024), args.windows or (8 if q else 24)
+    rlength, n_items = args.retrieval_length or (512 if q else 2048), args.items or (4 if q else 8)
+    stream = token_stream(tokenizer, read_texts(args.corpus))
+    prose = windows(stream, length, count, args.seed)
+    items = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed)]
+    calibration = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed + 1)]
+    print(f"calibrating heads on {len(calibration)} items of {rlength} tokens ...", flush=True)
+    scores = calibrate.head_scores(model, calibration, SCORED["window"])
+    heads = {c: calibrate.choose_heads([s[c] for s in scores], calibration, args.heads, SCORED["spread"])
+             for c in range(layers)}
+    settings = candidates(layers, q, heads)
+    with tqdm(total=len(settings), desc="tune", unit="setting") as bar:
+        chosen, tried = search(model, tokenizer, prose, items, settings, args.target_agreement,
+                               args.target_retrieval, rlength, bar)
+    print(f"{len(tried)} of {len(settings)} settings tried, fastest first, on {count} prose windows of {length} "
+          f"tokens and {len(items)} retrieval items of {rlength} ({', '.join(args.tasks)}):")
+    for row in tried[-5:]:
+        agree = f"{row['agreement']:.2f}" if "agreement" in row else "-"
+        print(f"  {row['label']:58} ideal {row['ideal_speedup']:.2f}x  retrieval {row['retrieval']:.2f}  "
+              f"agreement {agree}")
+    if chosen is None:
+        raise ValueError(f"no candidate keeps agreement >= {args.target_agreement:.2f} and retrieval >= "
+                         f"{args.target_retrieval:.2f}")
+    print(f"chosen: {json.dumps(chosen['settings'])}")
+    if args.out:
+        args.out.write_text(json.dumps(chosen["settings"], indent=1) + "\n")
+        print(f"saved to {args.out}: patch(model, **json.load(open('{args.out}'))) or --config {args.out}")
+    return chosen
 
 
 def add_parser(sub, model_arguments) -> None:
-    p = sub.add_parser("tune", help="pick the fastest setting that keeps top-1 agreement >= a target",
-                       description="Score candidate settings on calibration windows against the base model and "
-                                   "save the fastest that meets --target-agreement as patch keyword arguments.")
+    from pathlib import Path
+
+    p = sub.add_parser("tune", help="the fastest setting of any method that keeps agreement and retrieval",
+                       description="Calibrate the heads that find facts, then try every method's candidate "
+                                   "settings from the fastest down, on prose windows (top-1 agreement with the base "
+                                   "model) and retrieval items (the answers the base model gets), and save the "
+                                   "first that meets both targets as patch keyword arguments.")
     model_arguments(p)
     p.set_defaults(threads=os.cpu_count())
-    p.add_argument("--target-agreement", type=float, default=0.9)
+    p.add_argument("--target-agreement", type=float, default=0.9, help="next-token top-1 agreement on prose")
+    p.add_argument("--target-retrieval", type=float, default=1.0,
+                   help="share of the base model's right answers kept (1: all of them)")
     p.add_argument("--out", type=Path, help="write the chosen settings here (JSON; `--config` reads it)")
-    p.add_argument("--quick", action="store_true", help="a small calibration set: a few minutes on 2 cores")
-    p.add_argument("--length", type=int, help="calibration window length (default 512, quick 256)")
-    p.add_argument("--windows", type=int, help="calibration windows (default 32, quick 12)")
+    p.add_argument("--quick", action="store_true", help="a small search: minutes on 2 cores")
+    p.add_argument("--length", type=int, help="prose window length (default 1024, quick 256)")
+    p.add_argument("--windows", type=int, help="prose windows (default 24, quick 8)")
+    p.add_argument("--retrieval-length", type=int, help="retrieval prompt length (default 2048, quick 512)")
+    p.add_argument("--items", type=int, help="retrieval items per task (default 8, quick 4)")
+    p.add_argument("--tasks", type=lambda s: s.split(","), default=["once", "facts"])
+    p.add_argument("--heads", type=int, default=2, help="heads chosen per layer by the calibration")
     p.add_argument("--corpus", help=".txt, .jsonl or a folder (default: Python's pydoc topics)")
-    p.add_argument("--seed", type=int, default=1, help="windows differ from `eval`'s default seed 0")
-
-    def cmd(args):
-        from tqdm import tqdm
-
-        from .models import load
-
-        if not 0.0 <= args.target_agreement <= 1.0:
-            raise ValueError("--target-agreement is a fraction in [0, 1]")
-        torch.set_num_threads(args.threads)
-        model, tokenizer = load(args.model, cache=args.cache_dir)
-        length = args.length or (256 if args.quick else 512)
-        count = args.windows or (12 if args.quick else 32)
-        ids = windows(token_stream(tokenizer, read_texts(args.corpus)), length, count, args.seed)
-        settings = candidates(model.config.num_hidden_layers, args.quick)
-        with tqdm(total=len(settings), desc="tune", unit="setting") as bar:
-            results = score(model, ids, settings, bar)
-        chosen = pick(results, args.target_agreement)
-        print(f"{len(settings)} settings on {count} windows of {length} tokens; the fastest with top-1 agreement "
-              f">= {args.target_agreement:.2f}:")
-        print(f"  {json.dumps(chosen['settings'])}")
-        print(f"  agreement {chosen['agreement']:.2f}, ideal prefill speedup {chosen['ideal_speedup']:.2f}x "
-              f"({length} -> {chosen['merged_length']} tokens after the last cutoff)")
-        if args.out:
-            args.out.write_text(json.dumps(chosen["settings"], indent=1) + "\n")
-            print(f"saved to {args.out}: patch(model, **json.load(open('{args.out}'))) or --config {args.out}")
-
-    p.set_defaults(func=cmd)
+    p.add_argument("--seed", type=int, default=1, help="windows and items differ from `eval`'s default seed 0")
+    p.set_defaults(func=run)

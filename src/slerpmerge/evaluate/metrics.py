@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import random
 
+import numpy as np
 import torch
+from scipy import stats
 
 from ..generate import match_rate  # noqa: F401  (one definition, shared with `generate --compare`)
 
@@ -27,21 +28,20 @@ def next_token_metrics(base_logits: torch.Tensor, merged_logits: torch.Tensor) -
     }
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson interval for a rate."""
+def wilson(successes: float, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval for a rate of ``successes`` in ``n`` (scipy.stats)."""
     if n == 0:
         return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = stats.binomtest(round(successes), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def bootstrap(values: list[float], seed: int = 0, rounds: int = 1000) -> tuple[float, float]:
-    """95 % percentile bootstrap interval for a mean."""
+    """95 % percentile bootstrap interval for a mean (scipy.stats); a single value is its own interval."""
     if not values:
         return (math.nan, math.nan)
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(rounds))
-    return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
+    if len(values) == 1 or min(values) == max(values):
+        return (float(values[0]), float(values[0]))
+    ci = stats.bootstrap((np.asarray(values, dtype=float),), np.mean, n_resamples=rounds, confidence_level=0.95,
+                         method="percentile", random_state=seed).confidence_interval
+    return (float(ci.low), float(ci.high))

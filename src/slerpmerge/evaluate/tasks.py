@@ -1,7 +1,14 @@
-"""Long-context tasks where far context matters: a pass key hidden in filler, and questions about a document.
+"""Long-context tasks where far context matters: facts hidden in filler, and questions about a document.
 
 Next-token agreement on prose leans mostly on the last few hundred tokens; these tasks need one fact from far back.
-Each item is a prompt of about `length` tokens and the answers that count as right.
+Each item is a prompt of `length` tokens (a few more or less for the document), the answers that count as right,
+where the fact sits (a fraction of the way in) and which of the prompt's tokens state it (for calibration).
+
+    passkey   a five-digit key, stated twice ("The pass key is 12345. Remember it. 12345 is the pass key.")
+    once      the same key stated once
+    word      a secret word of several tokens, stated once
+    facts     six key-value facts (the codes of six doors) spread through the filler; one is asked for
+    qa        the embedded document at a depth of the filler, one question about it
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ QUESTIONS = [
     ("What is the password for the wireless network in the library?", ("copper-kettle-42",)),
     ("From which reservoir does Vellmouth take its water?", ("tarn",)),
 ]
-DEPTHS = (0.1, 0.5, 0.9)
+DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+WORDS = ("marmalade", "periwinkle", "quarantine", "tangerine", "gooseberry", "chrysanthemum", "kaleidoscope",
+         "ventriloquist", "bergamot", "sarsaparilla", "trebuchet", "zeppelin", "harpsichord", "pomegranate",
+         "cormorant", "salamander", "lighthouse", "candlewick", "thunderclap", "bluebottle", "honeysuckle",
+         "nightingale", "peppercorn", "watercress")
+DOORS = ("red", "blue", "green", "yellow", "white", "black", "orange", "purple", "silver", "golden")
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class Item:
     ids: torch.Tensor  # (1, S)
     answers: tuple[str, ...]
     depth: float
+    fact: tuple[tuple[int, ...], ...]  # the prompt's tokens that spell the answer, at each place it is stated
 
 
 def _filler(filler_ids: torch.Tensor, n: int, offset: int) -> torch.Tensor:
@@ -41,43 +54,116 @@ def _filler(filler_ids: torch.Tensor, n: int, offset: int) -> torch.Tensor:
     return filler_ids.repeat(reps)[offset:offset + n]
 
 
-def passkey_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0) -> list[Item]:
-    """A five-digit key stated once at a depth of the filler, asked for at the end."""
-    rng = random.Random(seed)
+def _encode(tokenizer, text: str) -> torch.Tensor:
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+
+def _stating(tokenizer, text: str, answers: tuple[str, ...]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """`text` as ids, and the tokens that overlap each place an answer is written in it (any case)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    places, low = [], text.lower()
+    for answer in answers:
+        start = low.find(answer.lower())
+        while start >= 0:
+            end = start + len(answer)
+            places.append(tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start))
+            start = low.find(answer.lower(), end)
+    return torch.tensor(enc["input_ids"]), places
+
+
+def _place(pieces: list[torch.Tensor], depths: list[float], ask: torch.Tensor, filler_ids: torch.Tensor,
+           length: int, offset: int) -> tuple[torch.Tensor, list[int]]:
+    """Filler of `length` tokens in all, with each piece inserted at its depth and `ask` at the end; returns the
+    ids and where each piece starts."""
+    room = max(0, length - sum(p.numel() for p in pieces) - ask.numel())
+    order = sorted(range(len(pieces)), key=lambda i: depths[i])
+    parts, spans, used, at = [], [None] * len(pieces), 0, 0
+    for i in order:
+        before = int(room * depths[i]) - used
+        parts.append(_filler(filler_ids, before, offset + used))
+        used += max(0, before)
+        at += max(0, before)
+        spans[i] = at
+        parts.append(pieces[i])
+        at += pieces[i].numel()
+    parts += [_filler(filler_ids, room - used, offset + used), ask]
+    return torch.cat(parts), spans
+
+
+def _stated(tokenizer, kind: str, length: int, count: int, seed: int, filler_ids: torch.Tensor) -> list[Item]:
+    rng = random.Random(f"{kind}-{seed}")
     items = []
     for i in range(count):
-        key = str(rng.randint(10000, 99999))
         depth = DEPTHS[i % len(DEPTHS)]
-        fact = tokenizer(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
-                         add_special_tokens=False, return_tensors="pt").input_ids[0]
-        ask = tokenizer("\nWhat is the pass key? The pass key is", add_special_tokens=False,
-                        return_tensors="pt").input_ids[0]
-        room = length - fact.numel() - ask.numel()
-        before = int(room * depth)
+        if kind == "word":
+            secret = WORDS[rng.randrange(len(WORDS))]
+            fact = f"\nThe secret word is {secret}. Remember it.\n"
+            ask = "\nWhat is the secret word? The secret word is"
+        else:
+            secret = str(rng.randint(10000, 99999))
+            tail = f" {secret} is the pass key." if kind == "passkey" else ""
+            fact = f"\nThe pass key is {secret}. Remember it.{tail}\n"
+            ask = "\nWhat is the pass key? The pass key is"
         offset = rng.randrange(max(1, filler_ids.numel()))
-        ids = torch.cat([_filler(filler_ids, before, offset), fact,
-                         _filler(filler_ids, room - before, offset + before), ask])
-        items.append(Item("passkey", ids[None], (key,), depth))
+        piece, places = _stating(tokenizer, fact, (secret,))
+        ids, (at,) = _place([piece], [depth], _encode(tokenizer, ask), filler_ids, length, offset)
+        items.append(Item(kind, ids[None], (secret,), depth, _shift(places, at)))
+    return items
+
+
+def passkey_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0) -> list[Item]:
+    """A five-digit key stated twice in one sentence pair, at a depth of the filler, asked for at the end."""
+    return _stated(tokenizer, "passkey", length, count, seed, filler_ids)
+
+
+def once_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0) -> list[Item]:
+    """A five-digit key stated once."""
+    return _stated(tokenizer, "once", length, count, seed, filler_ids)
+
+
+def word_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0) -> list[Item]:
+    """A secret word of several tokens, stated once."""
+    return _stated(tokenizer, "word", length, count, seed, filler_ids)
+
+
+def facts_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0,
+                facts: int = 6) -> list[Item]:
+    """Six doors' four-digit codes spread evenly through the filler; the code of one door, at a depth, is asked."""
+    rng = random.Random(f"facts-{seed}")
+    items = []
+    spread = [(k + 0.5) / facts for k in range(facts)]
+    for i in range(count):
+        doors = rng.sample(DOORS, facts)
+        codes = [str(rng.randint(1000, 9999)) for _ in doors]
+        asked = min(range(facts), key=lambda k: abs(spread[k] - DEPTHS[i % len(DEPTHS)]))
+        stated = [_stating(tokenizer, f"\nThe code for the {d} door is {c}.\n", (c,)) for d, c in zip(doors, codes)]
+        pieces = [piece for piece, _ in stated]
+        ask = _encode(tokenizer, f"\nWhat is the code for the {doors[asked]} door? The code for the "
+                                 f"{doors[asked]} door is")
+        offset = rng.randrange(max(1, filler_ids.numel()))
+        ids, spans = _place(pieces, spread, ask, filler_ids, length, offset)
+        items.append(Item("facts", ids[None], (codes[asked],), spread[asked], _shift(stated[asked][1], spans[asked])))
     return items
 
 
 def qa_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed: int = 0) -> list[Item]:
-    """The embedded document placed at a depth of the filler, one question about it at the end."""
-    rng = random.Random(seed + 1)
-    doc = tokenizer("\n" + long_document() + "\n", add_special_tokens=False, return_tensors="pt").input_ids[0]
+    """The embedded document placed at a depth of the filler (or alone, when it fills `length`), one question
+    about it at the end."""
+    rng = random.Random(f"qa-{seed}")
     items = []
     for i in range(count):
         question, answers = QUESTIONS[i % len(QUESTIONS)]
-        depth = DEPTHS[i % len(DEPTHS)]
-        ask = tokenizer(f"\nQuestion: {question}\nAnswer:", add_special_tokens=False,
-                        return_tensors="pt").input_ids[0]
-        room = max(0, length - doc.numel() - ask.numel())
-        before = int(room * depth)
+        depth = DEPTHS[(i // len(QUESTIONS)) % len(DEPTHS)]
+        ask = _encode(tokenizer, f"\nQuestion: {question}\nAnswer:")
         offset = rng.randrange(max(1, filler_ids.numel()))
-        ids = torch.cat([_filler(filler_ids, before, offset), doc,
-                         _filler(filler_ids, room - before, offset + before), ask])
-        items.append(Item("qa", ids[None], answers, depth))
+        doc, places = _stating(tokenizer, "\n" + long_document() + "\n", answers)
+        ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset)
+        items.append(Item("qa", ids[None], answers, depth, _shift(places, at)))
     return items
+
+
+def _shift(places: list[tuple[int, ...]], at: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(at + i for i in place) for place in places)
 
 
 def correct(text: str, answers: tuple[str, ...]) -> bool:
@@ -85,4 +171,4 @@ def correct(text: str, answers: tuple[str, ...]) -> bool:
     return any(a.lower() in low for a in answers)
 
 
-TASKS = {"passkey": passkey_items, "qa": qa_items}
+TASKS = {"passkey": passkey_items, "once": once_items, "word": word_items, "facts": facts_items, "qa": qa_items}

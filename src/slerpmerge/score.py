@@ -1,0 +1,157 @@
+"""How much each token matters at a cutoff: one score per token, for the plans that keep the best ones exact.
+
+    attention    how much the last W real tokens (the question, the recent window) attend to each token in the
+                 cutoff layer, averaged over their queries and over all heads or a calibrated few, then spread
+                 to each token's neighbours (a token scores the best within `spread` tokens of it)
+    similarity   the cosine of each token with the one before it (for the pairing rule that merges only
+                 similar neighbours)
+
+SDPA returns no attention weights, so the attention score is computed from the layer's own queries and keys for
+the W queries only: a probe catches the outputs of the layer's query and key projections as the layer computes
+them, and the score applies the layer's own norms, rotary embeddings and scaling to them. Nothing is computed twice
+but W rows of attention, a few percent of the layer at most.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+
+
+def neighbour_cosine(hidden_states: torch.Tensor) -> torch.Tensor:
+    """(B, S, D) -> (B, S): cosine of each token with the token before it (-2 for the first; 0 for zero vectors)."""
+    h = hidden_states.float()
+    cur, prev = h[:, 1:], h[:, :-1]  # views: token i beside token i - 1
+    dot = torch.einsum("bsd,bsd->bs", cur, prev)
+    norms = torch.linalg.vector_norm(cur, dim=-1) * torch.linalg.vector_norm(prev, dim=-1)
+    return torch.nn.functional.pad(dot / norms.clamp_min(1e-30), (1, 0), value=-2.0)
+
+
+def spread(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, S) -> (B, S): each token's score raised to the best within ``radius`` tokens of it, so that keeping the
+    best tokens keeps their neighbourhoods too. A head that finds a fact often attends to the words that name it
+    ("pass key", "blue door") while the value sits a few tokens on."""
+    if radius <= 0:
+        return scores
+    return torch.nn.functional.max_pool1d(scores[:, None], 2 * radius + 1, 1, radius)[:, 0]
+
+
+def last_real(mask: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices (B, W) of each row's last ``count`` real tokens (oldest first) and which of them exist (a row
+    shorter than ``count`` repeats its first token, marked False)."""
+    seq = mask.shape[1]
+    idx = torch.arange(seq, device=mask.device)
+    end = torch.where(mask, idx, -1).amax(1, keepdim=True)  # (B, 1)
+    start = torch.where(mask, idx, seq).amin(1, keepdim=True)
+    want = end - count + 1 + torch.arange(count, device=mask.device)[None]  # (B, W)
+    return want.clamp(min=start, max=end).clamp(min=0), want >= start
+
+
+def attention_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, query_index: torch.Tensor,
+                     query_valid: torch.Tensor, key_mask: torch.Tensor, window: int | None = None,
+                     heads: Sequence[int] | None = None, softcap: float | None = None,
+                     per_head: bool = False) -> torch.Tensor:
+    """The attention W queries pay each key, averaged over the queries and heads: (B, S), or (B, H, S) for each
+    head apart with ``per_head``.
+
+    queries (B, H, W, d) and keys (B, H_kv, S, d) as the layer attends with them (norms and rotary applied; query
+    heads share key heads in groups of H / H_kv, as transformers repeats them); query_index (B, W) the queries'
+    places in the sequence, query_valid (B, W) which exist; key_mask (B, S) real keys. A query sees the real keys up
+    to its own place, and within ``window`` places of it on a sliding layer. ``heads``: average over these query
+    heads only.
+    """
+    batch, num_heads, count, dim = queries.shape
+    kv_heads, seq = keys.shape[1], keys.shape[2]
+    q = queries.float().reshape(batch, kv_heads, num_heads // kv_heads * count, dim)
+    logits = (q @ keys.float().transpose(-1, -2)).view(batch, num_heads, count, seq) * scaling  # (B, H, W, S)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    key_index = torch.arange(seq, device=keys.device)
+    qi = query_index[:, None, :, None]  # (B, 1, W, 1)
+    seen = key_mask[:, None, None, :].bool() & (key_index <= qi)
+    if window is not None:
+        seen &= key_index > qi - window
+    probs = torch.softmax(logits.masked_fill(~seen, -torch.inf), dim=-1)  # every query sees itself: no empty rows
+    if heads is not None:
+        probs = probs[:, list(heads)]
+    weight = query_valid.float()[:, None, :, None]  # (B, 1, W, 1)
+    each = (probs * weight).sum(2) / weight.sum(2)  # (B, H, S)
+    return each if per_head else each.mean(1)
+
+
+class AttentionProbe:
+    """Catches a decoder layer's query and key projections while armed, and scores tokens from them.
+
+    Drives the layer's own modules: ``q_proj`` and ``k_proj`` (or a fused ``qkv_proj``), the optional per-head
+    ``q_norm`` and ``k_norm``, its ``scaling``, and the rotary function of the layer's modeling module.
+    """
+
+    def __init__(self, layer, config, sliding_window: int | None):
+        attn = layer.self_attn
+        self.attn, self.window = attn, sliding_window
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.heads
+        self.rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+        if self.rotary is None or not hasattr(attn, "scaling"):
+            raise ValueError(f"{type(attn).__name__} has no apply_rotary_pos_emb or scaling: cannot score tokens")
+        self.softcap = getattr(attn, "attn_logit_softcapping", None)
+        self.armed = False
+        self.caught: dict = {}
+        fused = getattr(attn, "qkv_proj", None)
+        if fused is not None:
+            self.handles = [fused.register_forward_hook(self._catch("qkv"))]
+        elif hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
+            self.handles = [attn.q_proj.register_forward_hook(self._catch("q")),
+                            attn.k_proj.register_forward_hook(self._catch("k"))]
+        else:
+            raise ValueError(f"{type(attn).__name__} has neither q_proj/k_proj nor qkv_proj: cannot score tokens")
+        self.handles.append(attn.register_forward_pre_hook(self._catch_rotary, with_kwargs=True))
+
+    def _catch(self, name: str):
+        def hook(module, args, output):
+            if self.armed:
+                self.caught[name] = output
+
+        return hook
+
+    def _catch_rotary(self, module, args, kwargs):
+        if self.armed:
+            self.caught["rotary"] = kwargs.get("position_embeddings")
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def importance(self, mask: torch.Tensor | None, settings) -> torch.Tensor:
+        """(B, S) the score a setting asks for (its window, heads and spread) from the forward just caught."""
+        options = settings.options
+        return spread(self.scores(mask, settings.score_window, options["heads"]), options["spread"])
+
+    def scores(self, mask: torch.Tensor | None, count: int, heads: Sequence[int] | None = None,
+               per_head: bool = False) -> torch.Tensor:
+        """(B, S) attention the last ``count`` real tokens paid each token in the forward just caught ((B, H, S)
+        for each head apart with ``per_head``)."""
+        caught, self.caught = self.caught, {}
+        if "qkv" in caught:
+            split = self.heads * self.head_dim
+            q_all, k_all = caught["qkv"][..., :split], caught["qkv"][..., split:split + self.kv_heads * self.head_dim]
+        else:
+            q_all, k_all = caught["q"], caught["k"]
+        batch, seq, _ = k_all.shape
+        if mask is None:
+            mask = torch.ones(batch, seq, dtype=torch.bool, device=k_all.device)
+        index, valid = last_real(mask.bool(), min(count, seq))
+        q = q_all.gather(1, index[..., None].expand(-1, -1, q_all.shape[-1]))  # (B, W, H·d)
+        q = q.view(batch, -1, self.heads, self.head_dim)
+        k = k_all.view(batch, seq, self.kv_heads, self.head_dim)
+        if getattr(self.attn, "q_norm", None) is not None:
+            q, k = self.attn.q_norm(q), self.attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, W, d), (B, H_kv, S, d)
+        cos, sin = caught["rotary"]
+        at = index[..., None].expand(-1, -1, cos.shape[-1])
+        q = self.rotary(q, q, cos.expand(batch, -1, -1).gather(1, at), sin.expand(batch, -1, -1).gather(1, at))[0]
+        k = self.rotary(k, k, cos, sin)[0]
+        return attention_scores(q, k, self.attn.scaling, index, valid, mask, self.window, heads, self.softcap,
+                                per_head)
