@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from slerpmerge.models import BUILTINS
+from slerpmerge.settings import label
+
 
 def run(*args, stdin=None, check=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -54,7 +57,7 @@ def test_prompt_from_stdin_file_and_config(tmp_path):
 
 def test_generate_prints_both_answers_and_figures():
     out = run("generate", "The capital of France is", "--no-chat", "--compare", "--max-new-tokens", "6").stdout
-    assert "--- base ---" in out and "--- merged (layer_cutoff=20" in out
+    assert "--- base ---" in out and f"--- merged ({label(BUILTINS['smollm2-135m'].defaults)}) ---" in out
     assert "prefill speedup" in out and "agree with the base model" in out
 
 
@@ -76,6 +79,7 @@ def test_models_lists_builtins():
     out = run("models").stdout
     assert "smollm2-135m" in out and "gemma3-270m" in out
     assert "30" in out and "18" in out
+    assert f"defaults: {label(BUILTINS['gemma3-270m'].defaults)}" in out
 
 
 def test_doctor_loads_the_builtin_models():

