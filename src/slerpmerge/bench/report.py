@@ -32,7 +32,8 @@ def print_table(rows: list[dict]) -> None:
     print(f"{m['model']} ({m['dtype']}) on {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}; "
           f"median of {m['runs']} runs after a warm-up")
     print(f"{'length':>7}{'cutoff':>8}{'method':>9}{'S_merged':>9}{'base s':>9}{'merged s':>9}{'speedup':>9}"
-          f"{'ideal':>7}{'eff':>6}{'dec base':>9}{'dec mrg':>8}{'kv MB':>12}{'peak MB':>12}{'merge/layer':>12}")
+          f"{'ideal':>7}{'eff':>6}{'dec base':>9}{'dec mrg':>8}{'kv MB':>12}{'peak MB':>12}{'merge/layer':>12}"
+          f"{'score/layer':>12}")
     for r in rows:
         dec_b = f"{r['base_decode_tok_s']:.1f}" if r["base_decode_tok_s"] else "-"
         dec_m = f"{r['merged_decode_tok_s']:.1f}" if r["merged_decode_tok_s"] else "-"
@@ -43,7 +44,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['length']:>7}{cutoff_label(r['layer_cutoff']):>8}{method:>9}{r['merged_length']:>9}"
               f"{r['base_prefill_s']:>9.3f}{r['merged_prefill_s']:>9.3f}{r['speedup']:>8.2f}x"
               f"{r['ideal_speedup']:>6.2f}x{r['efficiency']:>6.2f}{dec_b:>9}{dec_m:>8}{kv:>12}{peak:>12}"
-              f"{r['merge_share_of_layer']:>11.1%}")
+              f"{r['merge_share_of_layer']:>11.1%}{r['score_share_of_layer']:>11.1%}")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
