@@ -1,34 +1,36 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results/ (2-core CPU, float32, 2 torch threads). Run from the repository root
-# after `make install`; each eval resumes where it stopped if killed.
+# The exact commands behind docs/results.md (2-core CPU, float32), from the repository root after `make install`.
+# Each eval resumes where it stopped if killed, and its summary covers every row in its folder. Quality passes
+# (--speed-runs 0) ran one thread per process, two at a time; the speed passes (--speed-runs 5) ran afterwards, 2
+# threads, with nothing else on the machine: they time each setting at each length and re-use the quality rows.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 S=.venv/bin/slerpmerge
 R=docs/results
 
-# 1. A tuned setting for SmolLM2 (calibration windows use seed 1; the evaluation below uses seed 0).
-$S tune --model smollm2-135m --quick --target-agreement 0.9 --threads 2 --out $R/smollm2-135m-tuned.json
+# 1. Which heads find facts, per layer (items of seed 1, apart from eval's seed 0): calibrate.json.
+$S calibrate --model smollm2-135m --threads 2 --out $R/smollm2-135m/calibrate.json
+$S calibrate --model gemma3-270m --threads 2 --out $R/gemma3-270m/calibrate.json
 
-# 2. SmolLM2-135M: the grid (slerp, mean, drop at 5 cutoffs, truncate; no keep and keep 4+32), and beside it
-#    the settings of the "beyond the original" work: the most similar half of the pairs, two stages, a long
-#    recent window, and the tuned setting.
-$S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m \
-  --lengths 64,256,1024 --cutoffs 3,9,15,21,26 --keeps 0:0,4:32 --windows 12 --gen-tokens 16 \
-  --tasks passkey,qa --task-lengths 2048 --task-items 6 \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 9, "keep_start": 4, "keep_end": 32, "extra": {"ratio": 0.5}}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 15, "keep_start": 4, "keep_end": 32, "extra": {"ratio": 0.5}}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 3, "keep_start": 4, "keep_end": 32, "extra": {"ratio": 0.5}}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": [9, 21], "keep_start": 4, "keep_end": 32}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": [3, 15], "keep_start": 4, "keep_end": 32}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 9, "keep_start": 4, "keep_end": 128}' \
-  --extra-setting '{"method": "drop", "layer_cutoff": 9, "keep_start": 4, "keep_end": 128}' \
-  --extra-setting '{"method": "truncate", "keep_start": 4, "keep_end": 128}' \
-  --config $R/smollm2-135m-tuned.json
+# 2. SmolLM2 quality: every setting of settings.jsonl on 16 prose windows of 1024 tokens; the settings of
+#    settings-tasks.jsonl on 6 windows of 2048 and 24 items of each task at 2048.
+$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m --settings $R/smollm2-135m/settings.jsonl \
+  --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024 --speed-runs 0
+$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-tasks.jsonl \
+  --lengths 2048 --windows 6 --gen-tokens 8 --tasks once,facts,word --task-lengths 2048 --task-items 24 --speed-runs 0
 
-# 3. Gemma 3 270M (sliding + full layers): a smaller grid, keep 4+32 only.
-$S eval --model gemma3-270m --threads 2 --out $R/gemma3-270m \
-  --lengths 256,1024 --cutoffs 3,9,14 --keeps 4:32 --windows 6 --gen-tokens 8 \
-  --tasks passkey,qa --task-lengths 2048 --task-items 2 \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 6, "keep_start": 4, "keep_end": 32, "extra": {"ratio": 0.5}}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": [6, 14], "keep_start": 4, "keep_end": 32}' \
-  --extra-setting '{"method": "slerp", "layer_cutoff": 6, "keep_start": 4, "keep_end": 128}'
+# 3. Gemma 3 quality: 16 prose windows of 1024 tokens, 24 items of once and facts at 2048.
+$S eval --model gemma3-270m --threads 1 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-tasks.jsonl \
+  --lengths 1024 --windows 16 --gen-tokens 8 --tasks once,facts --task-lengths 2048 --task-items 24 --speed-runs 0
+
+# 4. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once.
+$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m-4096 --settings $R/smollm2-135m/settings-4096.jsonl \
+  --lengths 4096 --windows 0 --gen-tokens 8 --tasks once --task-lengths 4096 --task-items 24 --speed-runs 0
+
+# 5. Speed, quietly (the same commands with --speed-runs 5 and 2 threads: the quality rows are re-used).
+$S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m --settings $R/smollm2-135m/settings.jsonl \
+  --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024 --speed-runs 5
+$S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-tasks.jsonl \
+  --lengths 2048 --windows 6 --gen-tokens 8 --tasks once,facts,word --task-lengths 2048 --task-items 24 --speed-runs 5
+$S eval --model gemma3-270m --threads 2 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-tasks.jsonl \
+  --lengths 1024 --windows 16 --gen-tokens 8 --tasks once,facts --task-lengths 2048 --task-items 24 --speed-runs 5
