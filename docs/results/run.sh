@@ -12,25 +12,32 @@ R=docs/results
 $S calibrate --model smollm2-135m --threads 2 --out $R/smollm2-135m/calibrate.json
 $S calibrate --model gemma3-270m --threads 2 --out $R/gemma3-270m/calibrate.json
 
-# 2. SmolLM2 quality: every setting of settings.jsonl on 16 prose windows of 1024 tokens; the settings of
-#    settings-tasks.jsonl on 6 windows of 2048 and 24 items of each task at 2048.
-$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m --settings $R/smollm2-135m/settings.jsonl \
-  --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024 --speed-runs 0
-$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-tasks.jsonl \
-  --lengths 2048 --windows 6 --gen-tokens 8 --tasks once,facts,word --task-lengths 2048 --task-items 24 --speed-runs 0
+# The three sweeps; each takes the threads and the number of timed runs (0: quality only).
+smol_prose() {  # every setting of settings.jsonl on 16 prose windows of 1024 tokens
+  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
+    --settings $R/smollm2-135m/settings.jsonl --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024
+}
+smol_tasks() {  # settings-tasks.jsonl on 6 windows of 2048 and 24 items of each task at 2048
+  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
+    --settings $R/smollm2-135m/settings-tasks.jsonl --lengths 2048 --windows 6 --gen-tokens 8 \
+    --tasks once,facts,word --task-lengths 2048 --task-items 24
+}
+gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
+  $S eval --model gemma3-270m --threads "$1" --speed-runs "$2" --out $R/gemma3-270m \
+    --settings $R/gemma3-270m/settings-tasks.jsonl --lengths 1024 --windows 16 --gen-tokens 8 \
+    --tasks once,facts --task-lengths 2048 --task-items 24
+}
 
-# 3. Gemma 3 quality: 16 prose windows of 1024 tokens, 24 items of once and facts at 2048.
-$S eval --model gemma3-270m --threads 1 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-tasks.jsonl \
-  --lengths 1024 --windows 16 --gen-tokens 8 --tasks once,facts --task-lengths 2048 --task-items 24 --speed-runs 0
+# 2. Quality, one thread per process (two ran at a time).
+smol_prose 1 0
+smol_tasks 1 0
+gemma 1 0
 
-# 4. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once.
+# 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once (stopped after 14 of 24 items).
 $S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m-4096 --settings $R/smollm2-135m/settings-4096.jsonl \
   --lengths 4096 --windows 0 --gen-tokens 8 --tasks once --task-lengths 4096 --task-items 24 --speed-runs 0
 
-# 5. Speed, quietly (the same commands with --speed-runs 5 and 2 threads: the quality rows are re-used).
-$S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m --settings $R/smollm2-135m/settings.jsonl \
-  --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024 --speed-runs 5
-$S eval --model smollm2-135m --threads 2 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-tasks.jsonl \
-  --lengths 2048 --windows 6 --gen-tokens 8 --tasks once,facts,word --task-lengths 2048 --task-items 24 --speed-runs 5
-$S eval --model gemma3-270m --threads 2 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-tasks.jsonl \
-  --lengths 1024 --windows 16 --gen-tokens 8 --tasks once,facts --task-lengths 2048 --task-items 24 --speed-runs 5
+# 4. Speed, quietly: 2 threads, 5 timed runs; the quality rows are re-used.
+smol_prose 2 5
+smol_tasks 2 5
+gemma 2 5
