@@ -20,7 +20,7 @@ smol_prose() {  # every setting of settings.jsonl on 16 prose windows of 1024 to
 smol_tasks() {  # settings-tasks.jsonl on 6 windows of 2048 and 24 items of each task at 2048
   $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
     --settings $R/smollm2-135m/settings-tasks.jsonl --lengths 2048 --windows 6 --gen-tokens 8 \
-    --tasks once,facts,word --task-lengths 2048 --task-items 24
+    --tasks once,facts,word,passkey --task-lengths 2048 --task-items 24
 }
 gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
   $S eval --model gemma3-270m --threads "$1" --speed-runs "$2" --out $R/gemma3-270m \
@@ -36,6 +36,15 @@ gemma 1 0
 # 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once (stopped after 14 of 24 items).
 $S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m-4096 --settings $R/smollm2-135m/settings-4096.jsonl \
   --lengths 4096 --windows 0 --gen-tokens 8 --tasks once --task-lengths 4096 --task-items 24 --speed-runs 0
+
+# Document QA at 1024 and 2048 tokens: the defaults and truncation (the speeds come from the sweeps' speed pass).
+$S eval --model smollm2-135m --threads 1 --speed-runs 0 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-qa.jsonl \
+  --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
+$S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-qa.jsonl \
+  --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
+
+# tune's pick for SmolLM2 (35 minutes on one thread; its printout is tune.txt).
+$S tune --model smollm2-135m --threads 1 --out $R/smollm2-135m/tuned.json
 
 # 4. Speed, quietly: 2 threads, 5 timed runs; the quality rows are re-used.
 smol_prose 2 5
