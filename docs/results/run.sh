@@ -33,9 +33,13 @@ smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
 
-# 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once (stopped after 14 of 24 items).
-$S eval --model smollm2-135m --threads 1 --out $R/smollm2-135m-4096 --settings $R/smollm2-135m/settings-4096.jsonl \
-  --lengths 4096 --windows 0 --gen-tokens 8 --tasks once --task-lengths 4096 --task-items 24 --speed-runs 0
+# 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once and twice, 24 items each; then its speed pass.
+moon() {
+  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m-4096 \
+    --settings $R/smollm2-135m/settings-4096.jsonl --lengths 4096 --windows 0 --gen-tokens 8 --tasks once,passkey \
+    --task-lengths 4096 --task-items 24
+}
+moon 1 0
 
 # Document QA at 1024 and 2048 tokens: the defaults and truncation (the speeds come from the sweeps' speed pass).
 $S eval --model smollm2-135m --threads 1 --speed-runs 0 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-qa.jsonl \
@@ -45,8 +49,19 @@ $S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m --se
 
 # tune's pick for SmolLM2 (35 minutes on one thread; its printout is tune.txt).
 $S tune --model smollm2-135m --threads 1 --out $R/smollm2-135m/tuned.json
+# ... and the pick on the same windows and items as every other setting (settings-tuned.jsonl holds tuned.json).
+tuned() {
+  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
+    --settings $R/smollm2-135m/settings-tuned.jsonl --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024
+  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
+    --settings $R/smollm2-135m/settings-tuned.jsonl --lengths 2048 --windows 6 --gen-tokens 8 \
+    --tasks once,facts,word,passkey --task-lengths 2048 --task-items 24
+}
+tuned 1 0
 
 # 4. Speed, quietly: 2 threads, 5 timed runs; the quality rows are re-used.
 smol_prose 2 5
 smol_tasks 2 5
 gemma 2 5
+moon 2 5
+tuned 2 5
