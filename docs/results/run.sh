@@ -12,14 +12,19 @@ R=docs/results
 $S calibrate --model smollm2-135m --threads 2 --out $R/smollm2-135m/calibrate.json
 $S calibrate --model gemma3-270m --threads 2 --out $R/gemma3-270m/calibrate.json
 
+# tune's pick for SmolLM2 (35 minutes on one thread; its printout is tune.txt); the SmolLM2 sweeps measure it too.
+$S tune --model smollm2-135m --threads 1 --out $R/smollm2-135m/tuned.json
+
 # The three sweeps; each takes the threads and the number of timed runs (0: quality only).
 smol_prose() {  # every setting of settings.jsonl on 16 prose windows of 1024 tokens
   $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
-    --settings $R/smollm2-135m/settings.jsonl --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024
+    --settings $R/smollm2-135m/settings.jsonl --config $R/smollm2-135m/tuned.json \
+    --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024
 }
 smol_tasks() {  # settings-tasks.jsonl on 6 windows of 2048 and 24 items of each task at 2048
   $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
-    --settings $R/smollm2-135m/settings-tasks.jsonl --lengths 2048 --windows 6 --gen-tokens 8 \
+    --settings $R/smollm2-135m/settings-tasks.jsonl --config $R/smollm2-135m/tuned.json \
+    --lengths 2048 --windows 6 --gen-tokens 8 \
     --tasks once,facts,word,passkey --task-lengths 2048 --task-items 24
 }
 gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
@@ -47,21 +52,9 @@ $S eval --model smollm2-135m --threads 1 --speed-runs 0 --out $R/smollm2-135m --
 $S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-qa.jsonl \
   --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
 
-# tune's pick for SmolLM2 (35 minutes on one thread; its printout is tune.txt).
-$S tune --model smollm2-135m --threads 1 --out $R/smollm2-135m/tuned.json
-# ... and the pick on the same windows and items as every other setting (settings-tuned.jsonl holds tuned.json).
-tuned() {
-  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
-    --settings $R/smollm2-135m/settings-tuned.jsonl --lengths 1024 --windows 16 --gen-tokens 8 --tasks "" --task-lengths 1024
-  $S eval --model smollm2-135m --threads "$1" --speed-runs "$2" --out $R/smollm2-135m \
-    --settings $R/smollm2-135m/settings-tuned.jsonl --lengths 2048 --windows 6 --gen-tokens 8 \
-    --tasks once,facts,word,passkey --task-lengths 2048 --task-items 24
-}
-tuned 1 0
 
 # 4. Speed, quietly: 2 threads, 5 timed runs; the quality rows are re-used.
 smol_prose 2 5
 smol_tasks 2 5
 gemma 2 5
 moon 2 5
-tuned 2 5
