@@ -18,7 +18,8 @@ uncompressed prefill and say nothing about a press.) Measured per method and len
     pass key              the key stated once (slerpmerge eval's `once` items), asked after the context
 
 kvpress runs each press at the compression ratio that leaves the same KV bytes as the slerpmerge setting it is
-compared with, and at 0.5.
+compared with, and at 0.5. Rows are appended to <out>/<model>.jsonl; a rerun at a length measures only the methods
+that have no row there yet (a setting added by --config, say), with the base model timed again beside them.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ def run(args) -> None:
     machine = describe_machine(torch.device("cpu"))
     for length in args.lengths:
         ids = bench_ids(tokenizer, length, model.config.vocab_size, "cpu")
-        methods = methods_for(model, settings, length, ids)
-        if all((length, m["name"]) in done for m in methods):
+        # A rerun measures the methods without a row, with the base model again beside them for their speedup.
+        methods = [m for m in methods_for(model, settings, length, ids)
+                   if m["name"] == "base" or (length, m["name"]) not in done]
+        if len(methods) == 1:
             continue
         context, question = ids[:, :-QUESTION], ids[:, -QUESTION:]
         results = {m["name"]: {"ttft": [], "tok_s": [], "error": None} for m in methods}
@@ -210,13 +213,15 @@ def run(args) -> None:
         base_ttft = statistics.median(results["base"]["ttft"])
         with path.open("a") as f:
             for m in methods:
+                if (length, m["name"]) in done:
+                    continue
                 r = results[m["name"]]
                 row = {"model": args.model, "length": length, "name": m["name"], "setting": m.get("setting"),
                        "press": m.get("press"), "ratio": m.get("ratio"), "error": r["error"], "runs": args.runs,
                        **machine}
                 if r["error"] is None:
                     row.update(ttft_s=statistics.median(r["ttft"]), ttft_spread=[min(r["ttft"]), max(r["ttft"])],
-                               speedup=base_ttft / statistics.median(r["ttft"]),
+                               speedup=base_ttft / statistics.median(r["ttft"]), base_ttft_s=base_ttft,
                                decode_tok_s=statistics.median(r["tok_s"]),
                                decode_spread=[min(r["tok_s"]), max(r["tok_s"])], kv_bytes=r["kv_bytes"],
                                peak_bytes=r.get("peak_bytes"), **quality[m["name"]])
