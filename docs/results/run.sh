@@ -14,6 +14,8 @@ $S calibrate --model gemma3-270m --threads 2 --out $R/gemma3-270m/calibrate.json
 
 # tune's pick for SmolLM2 (35 minutes on one thread; its printout is tune.txt); the SmolLM2 sweeps measure it too.
 $S tune --model smollm2-135m --threads 1 --out $R/smollm2-135m/tuned.json
+# Gemma 3's (half the windows and items, for time; 31 minutes on 2 threads).
+$S tune --model gemma3-270m --threads 2 --windows 12 --items 4 --out $R/gemma3-270m/tuned.json
 
 # The three sweeps; each takes the threads and the number of timed runs (0: quality only).
 smol_prose() {  # every setting of settings.jsonl on 16 prose windows of 1024 tokens
