@@ -154,3 +154,23 @@ def test_gemma3_sliding_and_full_layers(folders):
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders["gemma3"], settings, ids)) < TOLERANCE
+
+
+def test_smollm2_answers_the_demo_question_as_generate_does():
+    """The built-in model and its default setting: vLLM's greedy answer is the transformers path's, token for
+    token (what `slerpmerge generate` prints)."""
+    from slerpmerge.data import demo_prompt
+    from slerpmerge.generate import encode
+    from slerpmerge.models import BUILTINS, load
+
+    model, tokenizer = load("smollm2-135m")
+    ids = encode(tokenizer, demo_prompt(), chat=True)["input_ids"]
+    settings = BUILTINS["smollm2-135m"].defaults
+    with slerpmerge.merging(model, **settings):
+        want = model.generate(ids, max_new_tokens=48, do_sample=False)[0, ids.shape[1]:].tolist()
+    llm = LLM(**engine_args("smollm2-135m", max_model_len=2048, dtype="float32", kv_cache_memory_bytes=256 << 20,
+                            seed=0))
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids[0].tolist())], SamplingParams(max_tokens=48, temperature=0))
+    close(llm)
+    assert list(out[0].outputs[0].token_ids) == want
+    assert "1861" in out[0].outputs[0].text

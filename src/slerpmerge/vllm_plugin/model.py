@@ -27,38 +27,8 @@ from ..architecture import layer_types
 from ..merge import merge_sequence
 from ..score import attention_scores, last_real, spread
 from .backend import shortened_backend
-from .config import ARCHITECTURES, PREFIX, settings_from_config, sliding_after_cutoff
+from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config, sliding_after_cutoff
 from .rotary import FractionalRotary, fractional_supported
-
-def check_engine(vllm_config, sliding_later: bool) -> None:
-    """Refuse, with the flag to use, every engine feature that cannot work with shortened rows."""
-    sched, cache, model = vllm_config.scheduler_config, vllm_config.cache_config, vllm_config.model_config
-    parallel = vllm_config.parallel_config
-    problems = []
-    if sched.enable_chunked_prefill:
-        problems.append("chunked prefill (the score needs the whole prompt): --no-enable-chunked-prefill")
-    if sched.max_num_batched_tokens < model.max_model_len:
-        problems.append(f"max_num_batched_tokens {sched.max_num_batched_tokens} < max_model_len "
-                        f"{model.max_model_len} (a prompt must fit one step): --max-num-batched-tokens "
-                        f"{model.max_model_len}")
-    if cache.enable_prefix_caching:
-        problems.append("prefix caching (later layers' blocks hold short prompts): --no-enable-prefix-caching")
-    if not model.enforce_eager:
-        problems.append("CUDA graphs / torch.compile (token counts depend on the data): --enforce-eager")
-    if vllm_config.speculative_config is not None:
-        problems.append("speculative decoding (drafts read the full-length hidden states): no --speculative-config")
-    if parallel.pipeline_parallel_size != 1:
-        problems.append("pipeline parallelism (a stage boundary would need the merge plan): "
-                        "--pipeline-parallel-size 1; tensor parallelism works")
-    if getattr(parallel, "decode_context_parallel_size", 1) != 1:
-        problems.append("decode context parallelism: --decode-context-parallel-size 1")
-    if sliding_later and not sched.disable_hybrid_kv_cache_manager:
-        problems.append("the hybrid KV-cache manager (it frees a sliding layer's blocks by full-length "
-                        "positions): --disable-hybrid-kv-cache-manager")
-    if problems:
-        raise ValueError("slerpmerge cannot shorten prompts in this engine: " + "; ".join(problems)
-                         + ". slerpmerge.vllm_plugin.engine_args gives working arguments")
-
 
 class Shortener:
     """The hooks on one vLLM model, and what one step carries from the cutoff to the decoder's end."""
