@@ -83,6 +83,13 @@ def _dtype(dtype) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype))
 
 
+def _device(device: str | None) -> str:
+    """As HFLM treats a device name it has no such device for (the harness's default is cuda:0): the CPU."""
+    if device and (torch.cuda.is_available() or not device.startswith("cuda")):
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @register_model("slerpmerge")
 class SlerpmergeLM(HFLM):
     """The harness's HF backend on a model loaded by `slerpmerge.load` and patched by `slerpmerge.patch`."""
@@ -91,7 +98,7 @@ class SlerpmergeLM(HFLM):
                  dtype: str | torch.dtype | None = "float32", device: str | None = None, **kwargs) -> None:
         given = {k: kwargs.pop(k) for k in PATCH_ARGS if k in kwargs}
         model, tokenizer = load(str(pretrained), dtype=_dtype(dtype), cache=cache_dir)
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(_device(device))
         merge = merge_settings(str(pretrained), model.config.num_hidden_layers, given, config)
         if merge is not None:
             patch(model, **merge)  # checks the setting before the harness does any work
