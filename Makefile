@@ -4,6 +4,7 @@
 PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
 
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -15,7 +16,11 @@ LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py
 
-.PHONY: demo test test-main test-lowest install peers
+# The eval environment: main.txt's set plus lm-eval (the eval extra), for `slerpmerge lm-eval` and its tests.
+EVAL := .venv-eval
+EVAL_STAMP := $(EVAL)/.installed
+
+.PHONY: demo test test-main test-lowest install peers eval-env test-eval
 
 install: $(STAMP)
 
@@ -39,13 +44,21 @@ $(PEERS_STAMP): pyproject.toml Makefile constraints/peers.txt
 
 peers: $(PEERS_STAMP)
 
+$(EVAL_STAMP): pyproject.toml Makefile constraints/eval.txt
+	$(call make_venv,$(EVAL),constraints/eval.txt,-e '.[eval]')
+
+eval-env: $(EVAL_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/slerpmerge generate --compare
 
-test: test-main test-lowest
+test: test-main test-lowest test-eval
 
 test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py
 
 test-lowest: $(PEERS_STAMP)
 	$(PEERS)/bin/python -m pytest -q $(LOWEST_TESTS)
+
+test-eval: $(EVAL_STAMP)
+	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py

@@ -74,7 +74,7 @@ def merge_settings(pretrained: str, num_layers: int, given: dict, config: str | 
     for k in LIST_ARGS:
         args[k] = _int_list(args[k])
     chosen = settings.from_args(SimpleNamespace(config=config, **args), defaults)
-    return None if str(chosen.get("method")).lower() in BASE else chosen
+    return None if str(chosen.get("method", "slerp")).lower() in BASE else chosen
 
 
 def _dtype(dtype) -> torch.dtype:
