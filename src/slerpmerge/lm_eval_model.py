@@ -95,7 +95,11 @@ class SlerpmergeLM(HFLM):
     """The harness's HF backend on a model loaded by `slerpmerge.load` and patched by `slerpmerge.patch`."""
 
     def __init__(self, pretrained: str = DEFAULT_MODEL, config: str | None = None, cache_dir: str | None = None,
-                 dtype: str | torch.dtype | None = "float32", device: str | None = None, **kwargs) -> None:
+                 dtype: str | torch.dtype | None = "float32", device: str | None = None, tokenizer: str | None = None,
+                 **kwargs) -> None:
+        # ``tokenizer`` is for the tasks that size their prompts with one (RULER reads it from the model
+        # arguments); the model always reads with the tokenizer that `load` gives it.
+        del tokenizer
         given = {k: kwargs.pop(k) for k in PATCH_ARGS if k in kwargs}
         model, tokenizer = load(str(pretrained), dtype=_dtype(dtype), cache=cache_dir)
         model.to(_device(device))
@@ -178,7 +182,9 @@ class SlerpmergeLM(HFLM):
         if self.merge is None or self._inputs is None or attn_mask is not None:
             return super()._model_call(inps, attn_mask, labels)
         batch, width = inps.shape
-        lengths = torch.tensor([self._row_length(r) for r in inps.tolist()], device=inps.device)
+        # A batch of one has no padding; otherwise find each row's length among the call's inputs.
+        rows = [width] if batch == 1 else [self._row_length(r) for r in inps.tolist()]
+        lengths = torch.tensor(rows, device=inps.device)
         cols = torch.arange(width, device=inps.device)
         real = cols[None] >= (width - lengths)[:, None]  # (B, P) left-padded
         source = (cols[None] - (width - lengths)[:, None]).clamp(min=0)
