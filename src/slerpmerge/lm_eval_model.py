@@ -21,7 +21,7 @@ How each request type is kept honest:
                            the harness reads.
     loglikelihood_rolling  refused while patched: it scores every token, and no token can be scored exactly
                            once merged. Run perplexity tasks with method=base.
-    generate_until         the patched model's own ``generate``, at the setting's keep_end.
+    generate_until         the patched model's own ``generate``, at the setting's keep_end (cache=merged only).
 
 With a scored method the tokens kept are chosen by the attention of the last `window` tokens, which in one pass
 over context + continuation include the first continuation tokens: a setting is measured on the whole sequence
@@ -200,6 +200,14 @@ class SlerpmergeLM(HFLM):
             m = min(keep, n)
             out[i, n - m:n] = tail[i, keep - m:]
         return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """The harness's generation on the patched model; refused for cache=recompute, which the harness's
+        explicit use_cache=True would silently turn into the merged cache."""
+        if self.merge is not None and self.merge.get("cache") == "recompute":
+            raise ValueError("slerpmerge: cache=recompute cannot generate through the harness (it asks for a KV "
+                             "cache); use cache=merged, or loglikelihood tasks only")
+        return super().generate_until(requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         """Refused while patched: a rolling loglikelihood scores every token of every window."""
