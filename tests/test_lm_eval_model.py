@@ -125,10 +125,13 @@ def test_a_row_that_padding_could_explain_two_ways_is_refused(folder):
     assert loglikelihoods(ours, pairs) == pytest.approx(expected, abs=1e-4)
 
 
-def test_rolling_loglikelihood_is_refused_while_patched(folder):
+def test_what_a_patched_model_cannot_do_exactly_is_refused(folder):
     ours = SlerpmergeLM(pretrained=str(folder), **SHORTENING[0], device="cpu")
     with pytest.raises(ValueError, match="loglikelihood_rolling.*method=base"):
         ours.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (PAIRS[0][0],), 0)])
+    recompute = SlerpmergeLM(pretrained=str(folder), **SHORTENING[0], cache="recompute", device="cpu")
+    with pytest.raises(ValueError, match="cache=recompute"):
+        recompute.generate_until([Instance("generate_until", {}, (PAIRS[0][0], {"max_gen_toks": 2}), 0)])
 
 
 def test_settings_follow_the_cli_order(tmp_path):
