@@ -84,9 +84,11 @@ def direct(folder, setting: dict, pairs=PAIRS) -> tuple[list[float], list[int]]:
 
 
 @pytest.mark.parametrize("setting", SHORTENING, ids=lambda s: s["method"])
-def test_a_shortening_setting_equals_the_patched_model_run_by_hand(folder, hf, setting):
+def test_a_shortening_setting_equals_the_patched_model_run_by_hand(folder, hf, setting, caplog):
     ours = SlerpmergeLM(pretrained=str(folder), **setting, device="cpu", batch_size=4)
     got = loglikelihoods(ours)
+    longest = max(len(x.split()) for _, x in PAIRS)
+    assert f"keep_end raised from {setting['keep_end']} to {longest}" in caplog.text
     expected, lengths = direct(folder, setting)
     assert all(short < len(c.split()) + len(x.split()) - 1 for short, (c, x) in zip(lengths, PAIRS))  # it merged
     assert got == pytest.approx(expected, abs=1e-4)

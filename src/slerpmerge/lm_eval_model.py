@@ -45,7 +45,7 @@ from .models import BUILTINS, DEFAULT_MODEL, load
 from .patching import patch, unpatch
 from .settings import MergeSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lm_eval.models.slerpmerge")  # under the harness's logger: its handler and verbosity
 
 PATCH_ARGS = tuple(f.name for f in fields(MergeSettings))
 BASE = ("base", "none")  # method values that mean: the model unpatched
@@ -100,6 +100,10 @@ class SlerpmergeLM(HFLM):
         # ``tokenizer`` is for the tasks that size their prompts with one (RULER reads it from the model
         # arguments); the model always reads with the tokenizer that `load` gives it.
         del tokenizer
+        self.merge: dict | None = None
+        self._inputs: set[tuple[int, ...]] | None = None  # the inputs of the loglikelihood call under way
+        self._keep = 0  # keep_end in force during that call
+        self._logged: set[int] = set()
         given = {k: kwargs.pop(k) for k in PATCH_ARGS if k in kwargs}
         model, tokenizer = load(str(pretrained), dtype=_dtype(dtype), cache=cache_dir)
         model.to(_device(device))
@@ -108,9 +112,6 @@ class SlerpmergeLM(HFLM):
             patch(model, **merge)  # checks the setting before the harness does any work
         super().__init__(pretrained=model, tokenizer=tokenizer, **kwargs)
         self.merge = merge
-        self._inputs: set[tuple[int, ...]] | None = None  # the inputs of the loglikelihood call under way
-        self._keep = 0  # keep_end in force during that call
-        self._logged: set[int] = set()
         log.info("slerpmerge: %s %s", pretrained, "base (unpatched)" if merge is None else settings.label(merge))
 
     # -- loglikelihood ---------------------------------------------------------------------------------------
