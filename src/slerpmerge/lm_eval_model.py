@@ -199,7 +199,7 @@ class SlerpmergeLM(HFLM):
         out = tail.new_full((batch, width, tail.shape[-1]), float("nan"))
         for i, n in enumerate(lengths.tolist()):
             m = min(keep, n)
-            out[i, n - m:n] = tail[i, keep - m:]
+            out[i, n - m:n] = tail[i, tail.shape[1] - m:]
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
