@@ -86,3 +86,17 @@ def test_doctor_loads_the_builtin_models():
     out = run("doctor").stdout
     assert "smollm2-135m              ok:" in out and "gemma3-270m               ok:" in out
     assert out.strip().endswith("all good")
+
+
+def test_vllm_args_for_a_builtin_and_a_folder(tmp_path):
+    args = json.loads(run("vllm-args", "--json", "--max-model-len", "2048").stdout)
+    assert args["hf_overrides"]["architectures"] == ["SlerpmergeLlamaForCausalLM"]
+    assert args["hf_overrides"]["slerpmerge"] == BUILTINS["smollm2-135m"].defaults
+    assert args["max_num_batched_tokens"] == 2048 and args["enforce_eager"]
+    line = run("vllm-args", "--method", "prune", "--target", "0.3").stdout
+    assert line.startswith("vllm serve ") and "--no-enable-chunked-prefill" in line and '"target":0.3' in line
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24}))
+    args = json.loads(run("vllm-args", "--json", "--model", str(tmp_path)).stdout)
+    assert args["hf_overrides"]["slerpmerge"]["layer_cutoff"] == 15  # two thirds down, as for any other model
+    bad = run("vllm-args", "--model", str(tmp_path), "--method", "nope", check=False)
+    assert bad.returncode != 0

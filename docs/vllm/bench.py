@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# On 2 cores the engine's own Python threads need a core of their own: with two OpenMP threads the same prefill
+# took 2-6x longer at random (bimodal runs); one thread bound to core 0 gives steady runs. Override to taste.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 import torch  # noqa: E402
 

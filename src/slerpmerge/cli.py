@@ -118,6 +118,19 @@ def cmd_models(args) -> None:
     print(f"\ncache: {root}")
 
 
+def cmd_vllm_args(args) -> None:
+    import shlex
+
+    from .models import resolve
+    from .vllm_plugin import engine_args, serve_flags
+
+    folder = resolve(args.model, args.cache_dir)
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    defaults = BUILTINS[args.model].defaults if args.model in BUILTINS else settings.default_settings(layers)
+    chosen = engine_args(str(folder), settings.from_args(args, defaults), max_model_len=args.max_model_len)
+    print(json.dumps(chosen, indent=1) if args.json else shlex.join(["vllm", "serve", *serve_flags(chosen)]))
+
+
 def cmd_doctor(args) -> None:
     from .doctor import run
 
@@ -169,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a tiny model of every architecture and on each installed built-in model.")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("vllm-args", help="the `vllm serve` command (or vllm.LLM arguments) that runs a setting",
+                       description="Print the `vllm serve` command line, or with --json the vllm.LLM keyword "
+                                   "arguments, that run the model inside vLLM with slerpmerge (pip install "
+                                   "'slerpmerge[vllm]'): the architecture and settings as hf_overrides, and the "
+                                   "engine flags shortening needs.")
+    _model_arguments(p)
+    settings.add_arguments(p)
+    p.add_argument("--max-model-len", type=int, default=4096, help="longest prompt and answer (default 4096)")
+    p.add_argument("--json", action="store_true", help="vllm.LLM keyword arguments as JSON")
+    p.set_defaults(func=cmd_vllm_args)
 
     sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness with the 'slerpmerge' model registered "
                    "(needs the eval extra); the rest of the line is lm-eval's: `slerpmerge lm-eval run --help`")
