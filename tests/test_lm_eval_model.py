@@ -30,12 +30,16 @@ SHORTENING = [dict(method="slerp", layer_cutoff=1, keep_start=2, keep_end=3),
               dict(method="guided", layer_cutoff=1, keep_start=2, keep_end=2, target=0.3, window=4)]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
+def save_tiny(tmp_path_factory, arch: str):
+    path = tmp_path_factory.mktemp(f"tiny-{arch}")
+    tiny_model(arch).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny(tmp_path_factory, "llama")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +89,17 @@ def direct(folder, setting: dict, pairs=PAIRS) -> tuple[list[float], list[int]]:
 
 @pytest.mark.parametrize("setting", SHORTENING, ids=lambda s: s["method"])
 def test_a_shortening_setting_equals_the_patched_model_run_by_hand(folder, hf, setting, caplog):
+    check_shortening(folder, hf, setting, caplog)
+
+
+def test_a_sliding_window_model_too(tmp_path_factory, caplog):
+    """Gemma 3's sliding layers (window 8) under the left padding the backend uses."""
+    folder = save_tiny(tmp_path_factory, "gemma3")
+    hf = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=4)
+    check_shortening(folder, hf, SHORTENING[1], caplog)
+
+
+def check_shortening(folder, hf, setting, caplog):
     ours = SlerpmergeLM(pretrained=str(folder), **setting, device="cpu", batch_size=4)
     got = loglikelihoods(ours)
     longest = max(len(x.split()) for _, x in PAIRS)
