@@ -5,6 +5,7 @@ PYTHON ?= python3
 comma := ,
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
 
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -22,7 +23,11 @@ LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py
 
-.PHONY: demo test test-main test-lowest test-vllm install peers vllm
+# The eval environment: main.txt's set plus lm-eval (the eval extra), for `slerpmerge lm-eval` and its tests.
+EVAL := .venv-eval
+EVAL_STAMP := $(EVAL)/.installed
+
+.PHONY: demo test test-main test-lowest test-vllm test-eval install peers vllm eval-env
 
 install: $(STAMP)
 
@@ -52,10 +57,15 @@ $(VLLM_STAMP): pyproject.toml Makefile constraints/vllm.txt
 
 vllm: $(VLLM_STAMP)
 
+$(EVAL_STAMP): pyproject.toml Makefile constraints/eval.txt
+	$(call make_venv,$(EVAL),constraints/eval.txt,,$(comma)eval)
+
+eval-env: $(EVAL_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/slerpmerge generate --compare
 
-test: test-main test-lowest test-vllm
+test: test-main test-lowest test-vllm test-eval
 
 test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py --ignore=tests/test_vllm_plugin.py
@@ -65,3 +75,6 @@ test-lowest: $(PEERS_STAMP)
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM)/bin/python -m pytest -q $(VLLM_TESTS)
+
+test-eval: $(EVAL_STAMP)
+	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py

@@ -138,6 +138,21 @@ def cmd_doctor(args) -> None:
         raise SystemExit(1)
 
 
+def cmd_lm_eval(argv: list[str]) -> int:
+    """lm-eval's own command line with the "slerpmerge" model registered (lm-eval 0.4 reads no plugin entry
+    points): ``slerpmerge lm-eval run --model slerpmerge --model_args pretrained=smollm2-135m --tasks ...``."""
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        from . import lm_eval_model  # noqa: F401  (registers the model)
+    except ImportError as e:
+        print(f"slerpmerge: error: lm-eval is not installed ({e}); pip install 'slerpmerge[eval]'", file=sys.stderr)
+        return 2
+    sys.argv = ["lm-eval", *argv]
+    cli_evaluate()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slerpmerge", description="Merge the token sequence inside a causal LM "
                                      "with SLERP, and measure what it costs and buys.")
@@ -179,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="vllm.LLM keyword arguments as JSON")
     p.set_defaults(func=cmd_vllm_args)
 
+    sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness with the 'slerpmerge' model registered "
+                   "(needs the eval extra); the rest of the line is lm-eval's: `slerpmerge lm-eval run --help`")
+
     from . import bench, calibrate, evaluate, tune
 
     bench.add_parser(sub, _model_arguments)
@@ -189,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # everything after it is lm-eval's, options included
+        return cmd_lm_eval(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
