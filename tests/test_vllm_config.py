@@ -4,10 +4,9 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from transformers import Gemma3TextConfig, LlamaConfig
+from transformers import LlamaConfig
 
-from slerpmerge.vllm_plugin.config import (check_engine, engine_args, serve_flags, settings_from_config,
-                                           sliding_after_cutoff)
+from slerpmerge.vllm_plugin.config import check_engine, engine_args, serve_flags, settings_from_config
 
 
 def llama(**slerpmerge):
@@ -19,13 +18,11 @@ def llama(**slerpmerge):
 
 def engine(**changes):
     base = dict(enable_chunked_prefill=False, max_num_batched_tokens=512, enable_prefix_caching=False,
-                enforce_eager=True, speculative_config=None, pipeline_parallel_size=1,
-                disable_hybrid_kv_cache_manager=True)
+                enforce_eager=True, speculative_config=None, pipeline_parallel_size=1)
     base.update(changes)
     return SimpleNamespace(
         scheduler_config=SimpleNamespace(enable_chunked_prefill=base["enable_chunked_prefill"],
-                                         max_num_batched_tokens=base["max_num_batched_tokens"],
-                                         disable_hybrid_kv_cache_manager=base["disable_hybrid_kv_cache_manager"]),
+                                         max_num_batched_tokens=base["max_num_batched_tokens"]),
         cache_config=SimpleNamespace(enable_prefix_caching=base["enable_prefix_caching"]),
         model_config=SimpleNamespace(max_model_len=512, enforce_eager=base["enforce_eager"]),
         parallel_config=SimpleNamespace(pipeline_parallel_size=base["pipeline_parallel_size"]),
@@ -56,20 +53,9 @@ def test_settings_come_from_the_overrides_and_are_checked():
     (dict(pipeline_parallel_size=2), "--pipeline-parallel-size 1"),
 ])
 def test_an_engine_flag_that_cannot_work_is_refused_with_the_flag_to_use(change, flag):
-    check_engine(engine(), sliding_later=True)  # the arguments engine_args gives pass
+    check_engine(engine())  # the arguments engine_args gives pass
     with pytest.raises(ValueError, match=flag):
-        check_engine(engine(**change), sliding_later=False)
-
-
-def test_sliding_layers_after_the_cutoff_need_the_hybrid_manager_off():
-    config = Gemma3TextConfig(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2)
-    config.slerpmerge = dict(layer_cutoff=1)
-    assert sliding_after_cutoff(config, settings_from_config(config))
-    config.slerpmerge = dict(layer_cutoff=2)
-    assert not sliding_after_cutoff(config, settings_from_config(config))
-    check_engine(engine(disable_hybrid_kv_cache_manager=False), sliding_later=False)
-    with pytest.raises(ValueError, match="--disable-hybrid-kv-cache-manager"):
-        check_engine(engine(disable_hybrid_kv_cache_manager=False), sliding_later=True)
+        check_engine(engine(**change))
 
 
 def test_engine_args_for_a_folder(tmp_path):

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # vLLM's own d
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: seconds, not tens
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig  # noqa: E402
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config,  # noqa: E402
+                          Qwen2Config, Qwen3Config)
 from vllm import LLM, SamplingParams, TokensPrompt  # noqa: E402
 
 import slerpmerge  # noqa: E402
@@ -30,6 +31,10 @@ CONFIGS = {
     "llama": lambda: LlamaConfig(**COMMON),
     "gemma3": lambda: Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=64,
                                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "mistral": lambda: MistralConfig(**COMMON, sliding_window=64),
+    "qwen2": lambda: Qwen2Config(**COMMON),
+    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=32),  # q and k norms before the rotary embedding
+    "phi3": lambda: Phi3Config(**COMMON),  # fused qkv and gate-up projections
 }
 LENGTHS = (9, 40, 130, 300)  # the first shorter than its kept ends: it passes unmerged
 ARRIVE = (0, 0, 2, 3)  # the engine step at which each request arrives
@@ -145,6 +150,15 @@ def test_each_method_equals_the_transformers_path(folders, name):
     # and it did shorten: the unpatched model's first-token log-probabilities differ on the long prompts
     base = reference(folders["llama"], None, ids)
     assert max(abs(lp - float(base[-1]["first"][t])) for t, lp in got[-1]["first"].items()) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "phi3"])
+def test_the_other_architectures(folders, arch):
+    settings, ids = SETTINGS["guided"], prompts()
+    llm = start(folders[arch], settings)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders[arch], settings, ids)) < TOLERANCE
 
 
 def test_gemma3_sliding_and_full_layers(folders):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..architecture import layer_types
 from ..settings import MergeSettings, check_settings
 
 KEY = "slerpmerge"  # the hf_config attribute (an hf_overrides key) that holds the patch settings
@@ -35,11 +34,7 @@ def settings_from_config(hf_config) -> MergeSettings:
     return settings
 
 
-def sliding_after_cutoff(hf_config, settings: MergeSettings) -> bool:
-    return "sliding_attention" in layer_types(hf_config)[settings.cutoffs[0] + 1:]
-
-
-def check_engine(vllm_config, sliding_later: bool) -> None:
+def check_engine(vllm_config) -> None:
     """Refuse, with the flag to use, every engine feature that cannot work with shortened rows."""
     sched, cache, model = vllm_config.scheduler_config, vllm_config.cache_config, vllm_config.model_config
     parallel = vllm_config.parallel_config
@@ -61,9 +56,6 @@ def check_engine(vllm_config, sliding_later: bool) -> None:
                         "--pipeline-parallel-size 1; tensor parallelism works")
     if getattr(parallel, "decode_context_parallel_size", 1) != 1:
         problems.append("decode context parallelism: --decode-context-parallel-size 1")
-    if sliding_later and not sched.disable_hybrid_kv_cache_manager:
-        problems.append("the hybrid KV-cache manager (it frees a sliding layer's blocks by full-length "
-                        "positions): --disable-hybrid-kv-cache-manager")
     if problems:
         raise ValueError("slerpmerge cannot shorten prompts in this engine: " + "; ".join(problems)
                          + ". slerpmerge.vllm_plugin.engine_args gives working arguments")
@@ -90,7 +82,6 @@ def engine_args(model: str, settings: dict | None = None, max_model_len: int = 4
         enable_prefix_caching=False,  # the later layers' blocks hold short prompts, not the hashed tokens
         max_model_len=max_model_len,
         max_num_batched_tokens=max_model_len,
-        disable_hybrid_kv_cache_manager=True,  # sliding layers keep their short prompt's blocks
     )
     args.update(extra)
     return args

@@ -21,13 +21,14 @@ from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_p
                               tensor_model_parallel_all_reduce)
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec, replace_as
 
 from .. import methods
 from ..architecture import layer_types
 from ..merge import merge_sequence
 from ..score import attention_scores, last_real, spread
 from .backend import shortened_backend
-from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config, sliding_after_cutoff
+from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .rotary import FractionalRotary, fractional_supported
 
 class Shortener:
@@ -36,7 +37,7 @@ class Shortener:
     def __init__(self, model: torch.nn.Module, vllm_config):
         hf_config = vllm_config.model_config.hf_config
         self.settings = s = settings_from_config(hf_config)
-        check_engine(vllm_config, sliding_after_cutoff(hf_config, s))
+        check_engine(vllm_config)
         self.method = methods.get(s.method)
         decoder = model.model
         layers = decoder.layers
@@ -51,6 +52,10 @@ class Shortener:
                                  f"slerpmerge cannot do with {type(attn.rotary_emb).__name__}: use prune or "
                                  "positions='reindex'")
             attn.rotary_emb = FractionalRotary(attn.rotary_emb)
+        block_size = vllm_config.cache_config.block_size
+        for layer in layers:
+            layer.self_attn.attn.get_kv_cache_spec = _whole_prompt_blocks(layer.self_attn.attn.get_kv_cache_spec,
+                                                                          block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
         self.cutoff_attn = layers[cutoff].self_attn.attn
         types = layer_types(hf_config)
@@ -169,6 +174,19 @@ class Shortener:
             mine = [h - local.start for h in chosen if h in local]
             score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
         return spread(score, options["spread"])
+
+
+def _whole_prompt_blocks(get_spec, block_size: int):
+    """A layer's KV-cache spec with full-attention allocation: vLLM frees a sliding layer's blocks below the window
+    by full-length positions, where a later layer keeps its short prompt. The attention itself still slides."""
+
+    def spec(vllm_config):
+        found = get_spec(vllm_config)
+        if isinstance(found, SlidingWindowSpec):
+            return replace_as(found, FullAttentionSpec, drop=("extra_retained_tokens",), block_size=block_size)
+        return found
+
+    return spec
 
 
 def _shortening(base: type) -> type:
