@@ -1,5 +1,6 @@
 """slerpmerge: shorten the token sequence inside a Hugging Face causal LM, by SLERP merges and their kin."""
 
+from .context import Context, prefill
 from .patching import merging, patch, settings_of, unpatch
 from .merge import Merged, apply_plan, merge_sequence
 from .methods import METHODS
@@ -22,5 +23,7 @@ __all__ = [
     "settings_of",
     "MergeSettings",
     "load",
+    "prefill",
+    "Context",
 ]
 __version__ = "0.2.0"

@@ -122,6 +122,17 @@ class Merger:
         self.since_prompt = 0  # tokens fed since the prompt (counted: a compressed cache would under-count them)
         self.right_padded = False
 
+    def snapshot(self) -> dict:
+        """What the last prefill left for its decode steps, for `resume` to continue a copy of its cache."""
+        return dict(settings=self.settings, prefill=list(self.prefill), prompt_len=self.prompt_len,
+                    right_padded=self.right_padded)
+
+    def resume(self, state: dict, cache) -> None:
+        """Continue ``cache``, a copy of the cache a prefill filled, from that prefill's `snapshot`."""
+        self.prefill = list(state["prefill"])
+        self.prefill_cache = weakref.ref(cache)
+        self.prompt_len, self.since_prompt, self.right_padded = state["prompt_len"], 0, state["right_padded"]
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
