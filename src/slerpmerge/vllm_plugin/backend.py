@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionCGSupport, subclass_attention_backend
 
 from ..merge import merged_length
