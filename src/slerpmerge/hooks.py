@@ -84,10 +84,11 @@ class Merger:
         self.config = model.config
         self.api = Api.of(self.decoder)
         types = layer_types(self.config)
-        # Scored methods: a probe on each cutoff layer catches its queries and keys during a prefill.
+        # Scored methods: a probe on each cutoff layer (or the score layer) catches its queries and keys in a prefill.
+        scored_at = [settings.score_layer] if settings.score_layer is not None else settings.cutoffs
         self.probes = [AttentionProbe(self.decoder.layers[c], self.config,
                                       self.config.sliding_window if types[c] == "sliding_attention" else None)
-                       for c in settings.cutoffs] if methods.get(settings.method).scored else []
+                       for c in scored_at] if methods.get(settings.method).scored else []
         bounds = [*settings.cutoffs, len(self.decoder.layers) - 1]
         self.stages = []
         for k, cutoff in enumerate(settings.cutoffs):

@@ -6,18 +6,31 @@
     similarity   the cosine of each token with the one before it (for the pairing rule that merges only
                  similar neighbours)
 
-SDPA returns no attention weights, so the attention score is computed from the layer's own queries and keys for
-the W queries only: a probe catches the outputs of the layer's query and key projections as the layer computes
-them, and the score applies the layer's own norms, rotary embeddings and scaling to them. Nothing is computed twice
-but W rows of attention, a few percent of the layer at most.
+SDPA returns no attention weights, so scores are computed from the layer's own queries and keys: a probe catches
+the outputs of the layer's query and key projections as the layer computes them and applies the layer's own norms,
+rotary embeddings and scaling to them. The attention score computes W rows of attention again, a few percent of the
+layer at most; `scorers` holds the other ways to rank tokens from the same queries and keys.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class Attended:
+    """What a cutoff layer attended with in a prefill."""
+
+    queries: torch.Tensor  # (B, H, S, d) every query, norms and rotary applied
+    keys: torch.Tensor  # (B, H_kv, S, d)
+    mask: torch.Tensor  # (B, S) bool, real tokens
+    scaling: float
+    window: int | None  # a sliding layer's window
+    softcap: float | None
 
 
 def neighbour_cosine(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -125,14 +138,26 @@ class AttentionProbe:
             handle.remove()
 
     def importance(self, mask: torch.Tensor | None, settings) -> torch.Tensor:
-        """(B, S) the score a setting asks for (its window, heads and spread) from the forward just caught."""
+        """(B, S) the score a setting asks for (its scorer, window, heads and spread) from the forward just caught."""
+        from .scorers import importance
+
         options = settings.options
-        return spread(self.scores(mask, settings.score_window, options["heads"]), options["spread"])
+        return importance(self.attended(mask), options["score"], settings.score_window, options["heads"],
+                          options["spread"])
 
     def scores(self, mask: torch.Tensor | None, count: int, heads: Sequence[int] | None = None,
                per_head: bool = False) -> torch.Tensor:
         """(B, S) attention the last ``count`` real tokens paid each token in the forward just caught ((B, H, S)
         for each head apart with ``per_head``)."""
+        from .scorers import last
+
+        each = last(self.attended(mask), count)
+        if heads is not None:
+            each = each[:, list(heads)]
+        return each if per_head else each.mean(1)
+
+    def attended(self, mask: torch.Tensor | None) -> Attended:
+        """The queries and keys of the forward just caught, as the layer attends with them."""
         caught, self.caught = self.caught, {}
         if "qkv" in caught:
             split = self.heads * self.head_dim
@@ -142,16 +167,10 @@ class AttentionProbe:
         batch, seq, _ = k_all.shape
         if mask is None:
             mask = torch.ones(batch, seq, dtype=torch.bool, device=k_all.device)
-        index, valid = last_real(mask.bool(), min(count, seq))
-        q = q_all.gather(1, index[..., None].expand(-1, -1, q_all.shape[-1]))  # (B, W, H·d)
-        q = q.view(batch, -1, self.heads, self.head_dim)
+        q = q_all.view(batch, seq, self.heads, self.head_dim)
         k = k_all.view(batch, seq, self.kv_heads, self.head_dim)
         if getattr(self.attn, "q_norm", None) is not None:
             q, k = self.attn.q_norm(q), self.attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, W, d), (B, H_kv, S, d)
         cos, sin = caught["rotary"]
-        at = index[..., None].expand(-1, -1, cos.shape[-1])
-        q = self.rotary(q, q, cos.expand(batch, -1, -1).gather(1, at), sin.expand(batch, -1, -1).gather(1, at))[0]
-        k = self.rotary(k, k, cos, sin)[0]
-        return attention_scores(q, k, self.attn.scaling, index, valid, mask, self.window, heads, self.softcap,
-                                per_head)
+        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, S, d), (B, H_kv, S, d)
+        return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import methods
+from .scorers import SCORERS
 from .plan import check_keeps
 
 POSITIONS = ("original", "reindex")
@@ -32,6 +33,8 @@ class MergeSettings:
     ratio: float | None = None  # pair methods: or only this fraction of the pairs, the most similar first
     target: float | None = None  # scored methods: the fraction of each row's tokens left after a cutoff
     protect: float | None = None  # guided methods: the share of those kept exact (the best-scored tokens)
+    score: str | None = None  # scored methods: how tokens are ranked, a row of `scorers.SCORERS` (default "last")
+    score_layer: int | None = None  # scored methods: rank at this layer, at or before the cutoff (default the cutoff)
     window: int | None = None  # scored methods: how many last tokens' queries score (default keep_end, or 32)
     heads: tuple[int, ...] | None = None  # scored methods: score with these query heads only (calibrated)
     spread: int | None = None  # scored methods: a token scores the best within this many tokens of it
@@ -72,7 +75,7 @@ class MergeSettings:
         return cls(layer_cutoff, **kwargs)
 
 
-OPTION_NAMES = ("similarity", "ratio", "target", "protect", "window", "heads", "spread")
+OPTION_NAMES = ("similarity", "ratio", "target", "protect", "score", "score_layer", "window", "heads", "spread")
 _RANGES = {"similarity": (-1.0, 1.0, "a cosine threshold"), "ratio": (0.0, 1.0, "the fraction of pairs to merge"),
            "target": (0.0, 1.0, "the fraction of tokens kept"), "protect": (0.0, 1.0, "the share kept exact")}
 
@@ -93,10 +96,13 @@ def check_options(method: str, options: dict) -> dict:
                                   or not lo <= value <= hi or (name == "target" and value == 0)):
             bound = "(0, 1]" if name == "target" else f"[{lo:g}, {hi:g}]"
             raise ValueError(f"{name} is {what}, in {bound}; got {value!r}")
-    for name, least in (("window", 1), ("spread", 0)):
+    if given.get("score") is not None and given["score"] not in SCORERS:
+        raise ValueError(f"score must be one of {', '.join(SCORERS)}; got {given['score']!r}")
+    for name, least, what in (("window", 1, "a number of tokens"), ("spread", 0, "a number of tokens"),
+                              ("score_layer", 0, "a layer index")):
         value = given.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise ValueError(f"{name} is a number of tokens >= {least}, got {value!r}")
+            raise ValueError(f"{name} is {what} >= {least}, got {value!r}")
     return {**m.options, **given}
 
 
@@ -110,6 +116,9 @@ def check_settings(s: MergeSettings, num_layers: int, num_heads: int) -> None:
                              f"got {c}")
     if list(cutoffs) != sorted(set(cutoffs)):
         raise ValueError(f"several layer cutoffs must be strictly increasing, got {list(cutoffs)}")
+    if s.score_layer is not None and (len(cutoffs) > 1 or s.score_layer > cutoffs[0]):
+        raise ValueError(f"score_layer ranks tokens for one cutoff, at or before it: in 0..{cutoffs[0]} with one "
+                         f"layer_cutoff; got {s.score_layer} with {cutoff_label(s.layer_cutoff)}")
     check_keeps(s.keep_start, s.keep_end)
     if s.positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got {s.positions!r}")
@@ -170,6 +179,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float, help="pair methods: merge only this fraction of pairs")
     g.add_argument("--target", type=float, help="scored methods: fraction of tokens left after the cutoff")
     g.add_argument("--protect", type=float, help="guided methods: share of those kept exact")
+    g.add_argument("--score", choices=list(SCORERS), help="scored methods: how tokens are ranked ('heavy' needs "
+                   "no question: for a context asked about later)")
+    g.add_argument("--score-layer", type=int, help="scored methods: rank tokens at this layer (default: the cutoff)")
     g.add_argument("--window", type=int, help="scored methods: last tokens whose attention scores")
     g.add_argument("--heads", type=ints, help="scored methods: query heads that score (from a calibration)")
     g.add_argument("--spread", type=int, help="scored methods: a token scores the best within this many of it")

@@ -26,7 +26,8 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec, rep
 from .. import methods
 from ..architecture import layer_types
 from ..merge import merge_sequence
-from ..score import attention_scores, last_real, spread
+from ..score import Attended, spread
+from ..scorers import SCORERS, importance
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .rotary import FractionalRotary, fractional_supported
@@ -57,9 +58,10 @@ class Shortener:
             layer.self_attn.attn.get_kv_cache_spec = _whole_prompt_blocks(layer.self_attn.attn.get_kv_cache_spec,
                                                                           block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
-        self.cutoff_attn = layers[cutoff].self_attn.attn
+        scored_at = cutoff if s.score_layer is None else s.score_layer
+        self.scored_attn = layers[scored_at].self_attn.attn
         types = layer_types(hf_config)
-        self.window = hf_config.sliding_window if types[cutoff] == "sliding_attention" else None
+        self.window = hf_config.sliding_window if types[scored_at] == "sliding_attention" else None
         self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
         self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
         self.step: dict = {}
@@ -68,7 +70,7 @@ class Shortener:
         model.register_forward_hook(self._after_model)
         layers[cutoff].register_forward_hook(self._after_cutoff)
         if self.method.scored:
-            self.cutoff_attn.register_forward_pre_hook(self._catch_qk)
+            self.scored_attn.register_forward_pre_hook(self._catch_qk)
         for layer in later:
             layer.register_forward_pre_hook(self._later_inputs, with_kwargs=True)
 
@@ -79,7 +81,7 @@ class Shortener:
         self.step = {"positions": positions}  # (T,)
 
     def _catch_qk(self, module, args):
-        self.step["qk"] = (args[0], args[1])  # (T, H·d), (T, H_kv·d): as the cutoff layer attends with them
+        self.step["qk"] = (args[0], args[1])  # (T, H·d), (T, H_kv·d): as the scoring layer attends with them
 
     def _layout(self):
         metadata = get_forward_context().attn_metadata
@@ -153,26 +155,24 @@ class Shortener:
                               s.ratio, scores=scores, target=s.target, protect=s.protect)
 
     def _scores(self, a: int, b: int) -> torch.Tensor:
-        """(1, P) the attention the prompt's last tokens pay each of its tokens at the cutoff, over the chosen
-        heads of every tensor-parallel rank."""
-        s, attn = self.settings, self.cutoff_attn
+        """(1, P) the prompt's tokens scored at the cutoff by the setting's scorer, over the chosen heads of every
+        tensor-parallel rank."""
+        s, attn = self.settings, self.scored_attn
         q_all, k_all = self.step["qk"]
         n, d = b - a, attn.head_size
         mask = torch.ones(1, n, dtype=torch.bool, device=q_all.device)
-        index, valid = last_real(mask, min(s.score_window, n))
-        q = q_all[a:b].view(n, attn.num_heads, d)[index[0]].transpose(0, 1)[None]  # (1, H, W, d)
+        q = q_all[a:b].view(n, attn.num_heads, d).transpose(0, 1)[None]  # (1, H, P, d)
         k = k_all[a:b].view(n, attn.num_kv_heads, d).transpose(0, 1)[None]  # (1, H_kv, P, d)
+        attended = Attended(q, k, mask, attn.impl.scale, self.window, self.softcap)
         options = s.options
         if self.tp_size == 1:
-            score = attention_scores(q, k, attn.impl.scale, index, valid, mask, self.window, options["heads"],
-                                     self.softcap)
-        else:  # this rank's query heads are a slice of the model's: sum the chosen ones across ranks
-            per_head = attention_scores(q, k, attn.impl.scale, index, valid, mask, self.window, None, self.softcap,
-                                        per_head=True)  # (1, H_local, P)
-            local = range(self.tp_rank * attn.num_heads, (self.tp_rank + 1) * attn.num_heads)
-            chosen = options["heads"] if options["heads"] is not None else range(attn.num_heads * self.tp_size)
-            mine = [h - local.start for h in chosen if h in local]
-            score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
+            return importance(attended, options["score"], s.score_window, options["heads"], options["spread"])
+        # this rank's query heads are a slice of the model's: sum the chosen ones across ranks
+        per_head = SCORERS[options["score"]](attended, s.score_window)  # (1, H_local, P)
+        local = range(self.tp_rank * attn.num_heads, (self.tp_rank + 1) * attn.num_heads)
+        chosen = options["heads"] if options["heads"] is not None else range(attn.num_heads * self.tp_size)
+        mine = [h - local.start for h in chosen if h in local]
+        score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
         return spread(score, options["spread"])
 
 

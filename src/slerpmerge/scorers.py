@@ -1,0 +1,68 @@
+"""How the scored methods rank tokens at a cutoff, in one table: one function per way, each from the queries and keys
+the cutoff layer attends with, each giving every query head's score of every token.
+
+    last      the attention the last `window` real tokens pay each token: the question, when the prompt ends with
+              one (the default)
+    heavy     the attention every later real query pays each token, over the queries that can see it ("heavy
+              hitters"): needs no question, so a context compressed before its question keeps what the whole
+              context kept coming back to
+    keynorm   the negated norm of each token's key: keys with small norms draw attention from most queries (no
+              attention computed at all)
+
+Each returns (B, H, S); `importance` averages the chosen heads and spreads the score to each token's neighbours.
+The hooks (transformers) and the vLLM plugin both call `importance`; neither knows which scorer runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import torch
+
+from .score import Attended, attention_scores, last_real, spread
+
+
+def last(a: Attended, window: int) -> torch.Tensor:
+    index, valid = last_real(a.mask, min(window, a.mask.shape[1]))
+    q = a.queries.gather(2, index[:, None, :, None].expand(-1, a.queries.shape[1], -1, a.queries.shape[-1]))
+    return attention_scores(q, a.keys, a.scaling, index, valid, a.mask, a.window, None, a.softcap, per_head=True)
+
+
+def heavy(a: Attended, window: int, chunk: int = 256) -> torch.Tensor:
+    """Mean attention from every real query at or after each token, in chunks of queries ((B, H, chunk, S) at a
+    time): the attention matrix of one layer, computed once more."""
+    batch, heads, seq, dim = a.queries.shape
+    group = heads // a.keys.shape[1]
+    keys = a.keys.float().transpose(-1, -2)  # (B, H_kv, d, S)
+    key_index = torch.arange(seq, device=a.mask.device)
+    total = torch.zeros(batch, heads, seq, device=a.mask.device)
+    for start in range(0, seq, chunk):
+        q = a.queries[:, :, start:start + chunk].float()  # (B, H, c, d)
+        c = q.shape[2]
+        logits = (q.reshape(batch, -1, group * c, dim) @ keys).view(batch, heads, c, seq) * a.scaling
+        if a.softcap:
+            logits = torch.tanh(logits / a.softcap) * a.softcap
+        qi = key_index[start:start + c, None]  # (c, 1)
+        seen = a.mask[:, None, None, :] & (key_index <= qi) & a.mask[:, None, start:start + c, None]
+        if a.window is not None:
+            seen &= key_index > qi - a.window
+        probs = torch.softmax(logits.masked_fill(~seen, -torch.inf), dim=-1)
+        total += probs.nan_to_num(0.0).sum(2)  # a padding query sees nothing: its row is NaN, counted as 0
+    seen_by = a.mask.long().flip(1).cumsum(1).flip(1)  # (B, S) real queries at or after each token
+    if a.window is not None:
+        seen_by = seen_by.clamp(max=a.window)
+    return total / seen_by.clamp_min(1)[:, None]
+
+
+def keynorm(a: Attended, window: int) -> torch.Tensor:
+    norms = torch.linalg.vector_norm(a.keys.float(), dim=-1)  # (B, H_kv, S)
+    return -norms.repeat_interleave(a.queries.shape[1] // a.keys.shape[1], 1)
+
+
+SCORERS: dict[str, Callable[[Attended, int], torch.Tensor]] = {"last": last, "heavy": heavy, "keynorm": keynorm}
+
+
+def importance(a: Attended, scorer: str, window: int, heads: Sequence[int] | None, radius: int) -> torch.Tensor:
+    """(B, S): a scorer's per-head scores averaged over ``heads`` (all when None), spread over ``radius``."""
+    per_head = SCORERS[scorer](a, window)
+    pooled = per_head.mean(1) if heads is None else per_head[:, list(heads)].mean(1)
+    return spread(pooled, radius)

@@ -1,0 +1,158 @@
+"""The scorers against independent references: eager attention's own weights (heavy) and the key projection's own
+output (keynorm), with left padding, sliding windows, q/k norms and a fused qkv; and a patched model that ranks by
+each scorer keeps each padded row equal to that row alone."""
+
+import pytest
+import torch
+from test_hooks import ids_and_mask
+from tiny import ARCHITECTURES, tiny_model
+
+import slerpmerge
+from slerpmerge.architecture import layer_types
+from slerpmerge.merge import merge_sequence
+from slerpmerge.score import AttentionProbe
+from slerpmerge.scorers import SCORERS, heavy, importance
+from slerpmerge.settings import check_options
+
+LENGTHS = [22, 15, 4]
+
+
+def probe_on(model, layer):
+    kind = layer_types(model.config)[layer]
+    return AttentionProbe(model.model.layers[layer], model.config,
+                          model.config.sliding_window if kind == "sliding_attention" else None)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("layer", [0, 1])
+@torch.no_grad()
+def test_heavy_is_the_mean_attention_of_every_later_query(arch, layer):
+    model = tiny_model(arch, attn="eager")
+    ids, mask = ids_and_mask(LENGTHS)
+    probe = probe_on(model, layer)
+    probe.armed = True
+    weights = model(ids, attention_mask=mask, output_attentions=True).attentions[layer]  # (B, H, S, S)
+    got = heavy(probe.attended(mask.bool()), 0, chunk=5)  # chunks that split rows and padding
+    probe.remove()
+    seq = ids.shape[1]
+    for row, n in enumerate(LENGTHS):
+        for j in range(seq - n, seq):
+            later = range(j, seq if probe.window is None else min(seq, j + probe.window))
+            want = weights[row][:, list(later), j].mean(1)  # (H,)
+            torch.testing.assert_close(got[row, :, j], want, atol=1e-5, rtol=1e-4)
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
+def test_keynorm_is_minus_the_norm_of_each_key(arch):
+    model = tiny_model(arch)
+    ids, mask = ids_and_mask(LENGTHS)
+    attn = model.model.layers[1].self_attn
+    caught = {}
+    proj = getattr(attn, "k_proj", None) or attn.qkv_proj
+    handle = proj.register_forward_hook(lambda m, a, out: caught.setdefault("k", out))
+    probe = probe_on(model, 1)
+    probe.armed = True
+    model(ids, attention_mask=mask)
+    handle.remove()
+    got = SCORERS["keynorm"](probe.attended(mask.bool()), 0)  # (B, H, S)
+    probe.remove()
+    cfg, d = model.config, probe.head_dim
+    k = caught["k"]
+    if proj is not getattr(attn, "k_proj", None):  # fused: q, then k, then v
+        k = k[..., cfg.num_attention_heads * d:(cfg.num_attention_heads + cfg.num_key_value_heads) * d]
+    k = k.view(*k.shape[:2], cfg.num_key_value_heads, d)
+    if getattr(attn, "k_norm", None) is not None:
+        k = attn.k_norm(k)
+    want = -k.norm(dim=-1).transpose(1, 2)  # (B, H_kv, S): rotary turns keys, keeps their norms
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    for h in range(cfg.num_attention_heads):
+        torch.testing.assert_close(got[:, h], want[:, h // group], atol=1e-5, rtol=1e-5)
+
+
+def test_importance_pools_the_chosen_heads_then_spreads():
+    torch.manual_seed(0)
+    a = type("A", (), {})()
+    per_head = torch.rand(2, 4, 9)
+    SCORERS["fixed"] = lambda attended, window: per_head
+    try:
+        torch.testing.assert_close(importance(a, "fixed", 8, None, 0), per_head.mean(1))
+        pooled = per_head[:, [1, 3]].mean(1)
+        got = importance(a, "fixed", 8, [1, 3], 1)
+        want = torch.stack([pooled[:, max(0, i - 1):i + 2].amax(1) for i in range(9)], 1)
+        torch.testing.assert_close(got, want)
+    finally:
+        del SCORERS["fixed"]
+
+
+@pytest.mark.parametrize("score", list(SCORERS))
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+@torch.no_grad()
+def test_each_scorer_keeps_padded_rows_equal_to_rows_alone(arch, score):
+    model = tiny_model(arch)
+    lengths = [23, 18, 7]
+    ids, mask = ids_and_mask(lengths)
+    with slerpmerge.merging(model, layer_cutoff=1, method="guided", score=score, keep_start=1, keep_end=2,
+                            target=0.4, spread=1):
+        batch = model(ids, attention_mask=mask).logits
+        for row, n in enumerate(lengths):
+            alone = model(ids[row:row + 1, -n:]).logits[0]
+            torch.testing.assert_close(batch[row, batch.shape[1] - alone.shape[0]:], alone, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_scorers_choose_different_tokens():
+    """The setting reaches the probe: the same prompt gives other logits under another scorer."""
+    model = tiny_model("llama")
+    ids, _ = ids_and_mask([40])
+    out = {}
+    for score in SCORERS:
+        with slerpmerge.merging(model, layer_cutoff=1, method="prune", score=score, target=0.3, window=4):
+            out[score] = model(ids).logits[0, -1]
+    assert not torch.allclose(out["last"], out["heavy"]) and not torch.allclose(out["last"], out["keynorm"])
+
+
+def test_bad_scores_are_refused():
+    assert check_options("guided", {})["score"] == "last"
+    with pytest.raises(ValueError, match="score must be one of last, heavy, keynorm; got 'question'"):
+        check_options("guided", {"score": "question"})
+    with pytest.raises(ValueError, match="score applies to method guided, guided-mean, prune, not slerp"):
+        check_options("slerp", {"score": "heavy"})
+
+
+@torch.no_grad()
+def test_score_layer_ranks_at_an_earlier_layer():
+    """The tokens that go on past the cutoff are those a probe at the score layer ranks best: the merge of the
+    unpatched model's cutoff output by that probe's scores."""
+    model = tiny_model("llama")
+    ids, mask = ids_and_mask([30, 21])
+    common = dict(method="prune", score="keynorm", target=0.4, keep_start=1, keep_end=2)
+    with slerpmerge.merging(model, layer_cutoff=2, **common):
+        at_cutoff = model(ids, attention_mask=mask).logits
+    with slerpmerge.merging(model, layer_cutoff=2, score_layer=2, **common):
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits, at_cutoff)
+
+    caught = {}
+    probe = probe_on(model, 0)
+    probe.armed = True
+    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: caught.setdefault("h", out))
+    model(ids, attention_mask=mask)
+    handle.remove()
+    scores = importance(probe.attended(mask.bool()), "keynorm", 8, None, 0)
+    probe.remove()
+    h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
+    want = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4).hidden_states
+
+    handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
+    with slerpmerge.merging(model, layer_cutoff=2, score_layer=0, **common):
+        assert not torch.allclose(model(ids, attention_mask=mask).logits[:, -1], at_cutoff[:, -1])
+    handle.remove()
+    torch.testing.assert_close(caught["short"], want)
+    for bad, match in ((dict(layer_cutoff=1, score_layer=2), "score_layer ranks tokens for one cutoff"),
+                       (dict(layer_cutoff=[1, 2], score_layer=0), "score_layer ranks tokens for one cutoff"),
+                       (dict(layer_cutoff=1, score_layer=-1), "score_layer is a layer index >= 0")):
+        with pytest.raises(ValueError, match=match):
+            slerpmerge.patch(model, **{**common, **bad})
+    with pytest.raises(ValueError, match="score_layer applies to method guided, guided-mean, prune, not slerp"):
+        slerpmerge.patch(model, layer_cutoff=1, score_layer=0)
