@@ -82,6 +82,22 @@ def test_tasks_place_the_fact_at_its_depth(smollm2, task):
     assert correct(" It was built in 1861.", ("1861",)) and not correct("1862", ("1861",))
 
 
+@pytest.mark.parametrize("task", list(TASKS))
+def test_items_begin_as_the_tokenizer_begins_a_text(smollm2, gemma3, task):
+    """Gemma 3's tokenizer adds <bos> (its first layers' attention sink), SmolLM2's adds nothing; either way the
+    item is as long and its recorded tokens still spell the answer."""
+    for model_and_tokenizer, bos in ((smollm2, None), (gemma3, 2)):
+        tokenizer = model_and_tokenizer[1]
+        filler = token_stream(tokenizer, default_texts()[:40])
+        for item in TASKS[task](tokenizer, filler, 1024, 3, seed=1):
+            first = int(item.ids[0, 0])
+            assert (first == bos) if bos is not None else first != tokenizer.bos_token_id
+            assert int((item.ids == tokenizer.bos_token_id).sum()) == (bos is not None)
+            assert abs(item.ids.shape[1] - 1024) <= 2 or task == "qa"
+            for place in item.fact:
+                assert any(a.lower() in tokenizer.decode(item.ids[0, list(place)]).lower() for a in item.answers)
+
+
 def test_truncate_and_select_keep_what_they_say():
     ids = torch.arange(100)[None]
     assert truncate(ids, 0.25, keep_start=4).tolist() == [[0, 1, 2, 3, *range(79, 100)]]

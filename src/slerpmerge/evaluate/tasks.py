@@ -2,7 +2,10 @@
 
 Next-token agreement on prose leans mostly on the last few hundred tokens; these tasks need one fact from far back.
 Each item is a prompt of `length` tokens (a few more or less for the document), the answers that count as right,
-where the fact sits (a fraction of the way in) and which of the prompt's tokens state it (for calibration).
+where the fact sits (a fraction of the way in) and which of the prompt's tokens state it (for calibration). A prompt
+begins as the tokenizer begins a text: with its beginning-of-sequence token where it adds one (Gemma 3's `<bos>`),
+which the model's first layers use as an attention sink; without it a model like Gemma 3 loses far facts, merged
+or not.
 
     passkey   a five-digit key, stated twice ("The pass key is 12345. Remember it. 12345 is the pass key.")
     once      the same key stated once
@@ -71,13 +74,19 @@ def _stating(tokenizer, text: str, answers: tuple[str, ...]) -> tuple[torch.Tens
     return torch.tensor(enc["input_ids"]), places
 
 
+def _begin(tokenizer) -> torch.Tensor:
+    """The special tokens the tokenizer puts before a text (its BOS token, or none)."""
+    ids = tokenizer("").input_ids
+    return torch.tensor(ids[:1] if ids and ids[0] == tokenizer.bos_token_id else [], dtype=torch.long)
+
+
 def _place(pieces: list[torch.Tensor], depths: list[float], ask: torch.Tensor, filler_ids: torch.Tensor,
-           length: int, offset: int) -> tuple[torch.Tensor, list[int]]:
-    """Filler of `length` tokens in all, with each piece inserted at its depth and `ask` at the end; returns the
-    ids and where each piece starts."""
-    room = max(0, length - sum(p.numel() for p in pieces) - ask.numel())
+           length: int, offset: int, begin: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """`begin`, then filler, `length` tokens in all, with each piece inserted at its depth and `ask` at the end;
+    returns the ids and where each piece starts."""
+    room = max(0, length - begin.numel() - sum(p.numel() for p in pieces) - ask.numel())
     order = sorted(range(len(pieces)), key=lambda i: depths[i])
-    parts, spans, used, at = [], [None] * len(pieces), 0, 0
+    parts, spans, used, at = [begin], [None] * len(pieces), 0, begin.numel()
     for i in order:
         before = int(room * depths[i]) - used
         parts.append(_filler(filler_ids, before, offset + used))
@@ -106,7 +115,8 @@ def _stated(tokenizer, kind: str, length: int, count: int, seed: int, filler_ids
             ask = "\nWhat is the pass key? The pass key is"
         offset = rng.randrange(max(1, filler_ids.numel()))
         piece, places = _stating(tokenizer, fact, (secret,))
-        ids, (at,) = _place([piece], [depth], _encode(tokenizer, ask), filler_ids, length, offset)
+        ids, (at,) = _place([piece], [depth], _encode(tokenizer, ask), filler_ids, length, offset,
+                            _begin(tokenizer))
         items.append(Item(kind, ids[None], (secret,), depth, _shift(places, at)))
     return items
 
@@ -141,7 +151,7 @@ def facts_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, se
         ask = _encode(tokenizer, f"\nWhat is the code for the {doors[asked]} door? The code for the "
                                  f"{doors[asked]} door is")
         offset = rng.randrange(max(1, filler_ids.numel()))
-        ids, spans = _place(pieces, spread, ask, filler_ids, length, offset)
+        ids, spans = _place(pieces, spread, ask, filler_ids, length, offset, _begin(tokenizer))
         items.append(Item("facts", ids[None], (codes[asked],), spread[asked], _shift(stated[asked][1], spans[asked])))
     return items
 
@@ -157,7 +167,7 @@ def qa_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed:
         ask = _encode(tokenizer, f"\nQuestion: {question}\nAnswer:")
         offset = rng.randrange(max(1, filler_ids.numel()))
         doc, places = _stating(tokenizer, "\n" + long_document() + "\n", answers)
-        ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset)
+        ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset, _begin(tokenizer))
         items.append(Item("qa", ids[None], answers, depth, _shift(places, at)))
     return items
 
