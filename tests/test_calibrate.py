@@ -66,6 +66,24 @@ def test_head_scores_are_the_eager_attention_weights_per_head():
         torch.testing.assert_close(got[layer], w[0, :, -4:, :].mean(1), atol=1e-5, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_question_free_scores_are_those_of_the_context_alone():
+    """With the question cut off, the last queries are the context's own: eager attention of the context alone; and
+    another scorer is that scorer's (heavy: every later query of the context)."""
+    model = tiny_model("llama", attn="eager")
+    ids = torch.randint(3, 128, (1, 30), generator=torch.Generator().manual_seed(1))
+    it = Item(task="once", ids=ids, answers=("x",), depth=0.5, fact=((5,),), ask=6)
+    weights = model(ids[:, :24], output_attentions=True).attentions
+    got = head_scores(model, [it], window=4, question_free=True)[0]
+    heavy = head_scores(model, [it], window=4, score="heavy", question_free=True)[0]
+    whole = head_scores(model, [it], window=4)[0]
+    for layer, w in enumerate(weights):
+        assert got[layer].shape == (model.config.num_attention_heads, 24) and whole[layer].shape[-1] == 30
+        torch.testing.assert_close(got[layer], w[0, :, -4:, :].mean(1), atol=1e-5, rtol=1e-4)
+        later = torch.arange(24, 0, -1).float()  # queries at or after each token
+        torch.testing.assert_close(heavy[layer], w[0].sum(1) / later, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_choose_heads_returns_sorted_distinct_heads(count):
     facts = [(2, 3)] * 4

@@ -96,6 +96,8 @@ def test_items_begin_as_the_tokenizer_begins_a_text(smollm2, gemma3, task):
             assert abs(item.ids.shape[1] - 1024) <= 2 or task == "qa"
             for place in item.fact:
                 assert any(a.lower() in tokenizer.decode(item.ids[0, list(place)]).lower() for a in item.answers)
+            question = tokenizer.decode(item.ids[0, item.context.shape[1]:])
+            assert question.startswith("\n") and "?" in question and "?" not in tokenizer.decode(item.context[0, -8:])
 
 
 def test_truncate_and_select_keep_what_they_say():

@@ -1,8 +1,9 @@
-"""Where a fact ranks among a prompt's tokens by the attention score, at every layer and head, and which heads of a
-layer find facts best.
+"""Where a fact ranks among a prompt's tokens by a scorer, at every layer and head, and which heads of a layer find
+facts best.
 
-The scored methods keep the tokens the last queries attend to most at the cutoff, so they can keep a fact only
-where the score ranks it high. A fact's rank is the number of tokens that must be kept to keep every token of its
+The scored methods keep the tokens their scorer ranks best at the cutoff (or the score layer), so they can keep a
+fact only where the score ranks it high. With the question cut off (`question_free`), the ranks say what a context
+compressed before its question can keep. A fact's rank is the number of tokens that must be kept to keep every token of its
 answer (at the best of the places it is stated): 1 is perfect. Heads are chosen on calibration items and judged on
 others; the chosen heads go into a setting as ``heads``.
 """
@@ -18,6 +19,7 @@ import torch
 
 from .architecture import layer_types
 from .score import AttentionProbe, spread
+from .scorers import SCORERS
 
 
 def token_ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -32,9 +34,11 @@ def fact_rank(ranks: torch.Tensor, places) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def head_scores(model, items, window: int) -> list[list[torch.Tensor]]:
-    """Per item, per layer: (H, S) the attention each head's last `window` queries pay each token. One forward per
-    item, a probe on every layer."""
+def head_scores(model, items, window: int, score: str = "last", question_free: bool = False
+                ) -> list[list[torch.Tensor]]:
+    """Per item, per layer: (H, S) each head's score of each token (by default the attention its last `window`
+    queries pay it), of the whole prompt or of the prompt without its question. One forward per item, a probe on
+    every layer."""
     types = layer_types(model.config)
     probes = [AttentionProbe(layer, model.config, model.config.sliding_window if kind == "sliding_attention"
                              else None) for layer, kind in zip(model.model.layers, types)]
@@ -43,10 +47,10 @@ def head_scores(model, items, window: int) -> list[list[torch.Tensor]]:
         for item in items:
             for probe in probes:
                 probe.armed = True
-            model.model(input_ids=item.ids, use_cache=False)
+            model.model(input_ids=item.context if question_free else item.ids, use_cache=False)
             for probe in probes:
                 probe.armed = False
-            out.append([probe.scores(None, window, per_head=True)[0] for probe in probes])
+            out.append([SCORERS[score](probe.attended(None), window)[0] for probe in probes])
     finally:
         for probe in probes:
             probe.remove()
@@ -95,16 +99,19 @@ def run(args) -> list[dict]:
     items = [it for task in args.tasks for it in TASKS[task](tokenizer, stream, args.length, args.items, args.seed)]
     rng = random.Random(args.seed)
     rng.shuffle(items)  # every task in both halves
-    rows = table(head_scores(model, items, args.window), items, args.heads, args.spread)
-    print(f"{args.model}: tokens to keep to keep the answer, of {args.length}, by the attention of the last "
-          f"{args.window} tokens spread over {args.spread} neighbours ({', '.join(args.tasks)}; heads chosen on "
-          f"{len(items) // 2} items, judged on the other {len(items) - len(items) // 2})")
+    rows = table(head_scores(model, items, args.window, args.score, args.question_free), items, args.heads,
+                 args.spread)
+    by = f"the attention of the last {args.window} tokens" if args.score == "last" else f"score {args.score!r}"
+    print(f"{args.model}: tokens to keep to keep the answer, of {args.length}, by {by} spread over {args.spread} "
+          f"neighbours{', the question cut off' if args.question_free else ''} ({', '.join(args.tasks)}; heads "
+          f"chosen on {len(items) // 2} items, judged on the other {len(items) - len(items) // 2})")
     print(f"{'layer':>6}{'all heads: median':>19}{'worst':>7}{'chosen heads':>14}{'their median':>14}{'worst':>7}")
     for r in rows:
         print(f"{r['layer']:>6}{r['pooled_median']:>19.0f}{r['pooled_worst']:>7}{','.join(map(str, r['heads'])):>14}"
               f"{r['heads_median']:>14.0f}{r['heads_worst']:>7}")
     if args.out:
-        report = {"model": args.model, "length": args.length, "window": args.window, "spread": args.spread,
+        report = {"model": args.model, "length": args.length, "score": args.score,
+                  "question_free": args.question_free, "window": args.window, "spread": args.spread,
                   "tasks": args.tasks, "items": len(items), "layers": rows}
         Path(args.out).write_text(json.dumps(report, indent=1))
     return rows
@@ -120,6 +127,9 @@ def add_parser(sub, model_arguments) -> None:
     p.add_argument("--tasks", type=lambda s: s.split(","), default=["once", "facts", "word"])
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--items", type=int, default=12, help="items per task (half choose, half judge)")
+    p.add_argument("--score", choices=list(SCORERS), default="last", help="how tokens are ranked")
+    p.add_argument("--question-free", action="store_true",
+                   help="rank with each item's question cut off: for a context compressed before it is asked about")
     p.add_argument("--window", type=int, default=8, help="last tokens whose attention scores")
     p.add_argument("--spread", type=int, default=8, help="a token scores the best within this many of it")
     p.add_argument("--heads", type=int, default=2, help="heads to choose per layer")

@@ -49,6 +49,12 @@ class Item:
     answers: tuple[str, ...]
     depth: float
     fact: tuple[tuple[int, ...], ...]  # the prompt's tokens that spell the answer, at each place it is stated
+    ask: int = 0  # the question's tokens at the end of the prompt
+
+    @property
+    def context(self) -> torch.Tensor:
+        """(1, S - ask) the prompt without its question."""
+        return self.ids[:, :self.ids.shape[1] - self.ask]
 
 
 def _filler(filler_ids: torch.Tensor, n: int, offset: int) -> torch.Tensor:
@@ -115,9 +121,9 @@ def _stated(tokenizer, kind: str, length: int, count: int, seed: int, filler_ids
             ask = "\nWhat is the pass key? The pass key is"
         offset = rng.randrange(max(1, filler_ids.numel()))
         piece, places = _stating(tokenizer, fact, (secret,))
-        ids, (at,) = _place([piece], [depth], _encode(tokenizer, ask), filler_ids, length, offset,
-                            _begin(tokenizer))
-        items.append(Item(kind, ids[None], (secret,), depth, _shift(places, at)))
+        ask_ids = _encode(tokenizer, ask)
+        ids, (at,) = _place([piece], [depth], ask_ids, filler_ids, length, offset, _begin(tokenizer))
+        items.append(Item(kind, ids[None], (secret,), depth, _shift(places, at), ask_ids.numel()))
     return items
 
 
@@ -152,7 +158,8 @@ def facts_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, se
                                  f"{doors[asked]} door is")
         offset = rng.randrange(max(1, filler_ids.numel()))
         ids, spans = _place(pieces, spread, ask, filler_ids, length, offset, _begin(tokenizer))
-        items.append(Item("facts", ids[None], (codes[asked],), spread[asked], _shift(stated[asked][1], spans[asked])))
+        items.append(Item("facts", ids[None], (codes[asked],), spread[asked], _shift(stated[asked][1], spans[asked]),
+                          ask.numel()))
     return items
 
 
@@ -168,7 +175,7 @@ def qa_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed:
         offset = rng.randrange(max(1, filler_ids.numel()))
         doc, places = _stating(tokenizer, "\n" + long_document() + "\n", answers)
         ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset, _begin(tokenizer))
-        items.append(Item("qa", ids[None], answers, depth, _shift(places, at)))
+        items.append(Item("qa", ids[None], answers, depth, _shift(places, at), ask.numel()))
     return items
 
 
