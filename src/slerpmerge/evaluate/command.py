@@ -13,6 +13,7 @@ from .plots import plot_all
 from .runs import BASELINES, check, key
 from .summary import print_summary, summarise, write_csv
 from .sweep import speed_sweep, sweep
+from .shapes import SHAPES
 from .tasks import TASKS
 
 KEEPS = dict(keep_start=4, keep_end=32)
@@ -38,16 +39,19 @@ def shape(args) -> dict:
     """The sweep's sizes: presets, overridden by explicit flags."""
     if args.quick:
         out = dict(lengths=[256], windows=4, gen_tokens=8, tasks=["once"], task_lengths=[512], task_items=4,
-                   speed_runs=2)
+                   speed_runs=2, shapes=["end"])
     else:
         out = dict(lengths=[1024, 2048], windows=24, gen_tokens=16, tasks=["once", "word", "facts", "passkey", "qa"],
-                   task_lengths=[2048], task_items=24, speed_runs=5)
+                   task_lengths=[2048], task_items=24, speed_runs=5, shapes=["end"])
     for k in out:
         if getattr(args, k, None) is not None:
             out[k] = getattr(args, k)
     for task in out["tasks"]:
         if task not in TASKS:
             raise ValueError(f"--tasks takes {', '.join(TASKS)}; got {task!r}")
+    for s in out["shapes"]:
+        if s not in SHAPES:
+            raise ValueError(f"--shapes takes {', '.join(SHAPES)}; got {s!r}")
     return out
 
 
@@ -84,11 +88,13 @@ def run(args) -> list[dict]:
                       unit="run") as bar:
                 speed_sweep(model_name, model, tokenizer, out, settings, lengths, size["speed_runs"], bar)
         total = (len(size["lengths"]) * size["windows"] * len(others)
-                 + len(size["tasks"]) * len(size["task_lengths"]) * size["task_items"] * (len(others) + 1))
+                 + len(size["tasks"]) * len(size["shapes"]) * len(size["task_lengths"]) * size["task_items"]
+                 * (len(others) + 1))
         with tqdm(total=total, desc=f"eval {model_name}", unit="run") as bar:
             results = sweep(model_name, model, tokenizer, texts, out, settings, lengths=size["lengths"],
                             n_windows=size["windows"], gen_tokens=size["gen_tokens"], tasks=size["tasks"],
-                            task_lengths=size["task_lengths"], task_items=size["task_items"], seed=args.seed,
+                            task_lengths=size["task_lengths"], task_items=size["task_items"],
+                            shapes=size["shapes"], seed=args.seed,
                             progress=bar).rows
     speed_file = out / "speed.jsonl"
     speeds = [json.loads(line) for line in speed_file.read_text().splitlines()] if speed_file.exists() else []
@@ -123,6 +129,9 @@ def add_parser(sub, model_arguments) -> None:
     p.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t], help=f"of {', '.join(TASKS)}")
     p.add_argument("--task-lengths", type=ints)
     p.add_argument("--task-items", type=int)
+    p.add_argument("--shapes", type=lambda s: [x for x in s.split(",") if x],
+                   help=f"where the question sits, of {', '.join(SHAPES)} (default end; later: the context is "
+                        "shortened before its question)")
     p.add_argument("--speed-runs", type=int, help="timed prefill runs per setting and length")
     p.add_argument("--seed", type=int, default=0)
 

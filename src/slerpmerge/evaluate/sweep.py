@@ -13,6 +13,7 @@ from pathlib import Path
 from .corpus import token_stream, windows
 from .metrics import match_rate, next_token_metrics
 from .runs import generate, key
+from .shapes import answer, shaped
 from .tasks import TASKS, correct
 
 BASE = {"method": "base"}
@@ -53,7 +54,9 @@ RESULT_KEY = ("model", "kind", "length", "item", "setting")
 
 def sweep(model_name: str, model, tokenizer, texts: list[str], out: Path, settings: list[dict], *,
           lengths=(), n_windows: int = 0, gen_tokens: int = 16, tasks=(), task_lengths=(), task_items: int = 0,
-          task_tokens: int = 8, seed: int = 0, progress=None) -> Results:
+          task_tokens: int = 8, shapes=("end",), seed: int = 0, progress=None) -> Results:
+    """Task rows' kind is the task, with its shape after a colon where the question does not simply end the prompt
+    ("once:later")."""
     results = Results(out / "results.jsonl", RESULT_KEY)
     pad_id = tokenizer.pad_token_id
     stream = token_stream(tokenizer, texts)
@@ -81,16 +84,18 @@ def sweep(model_name: str, model, tokenizer, texts: list[str], out: Path, settin
                              "gen_match": match_rate(base_gen, gen) if gen_tokens else None})
                 step()
 
-    for task in tasks:
+    for task, shape in [(t, s) for t in tasks for s in shapes]:
+        kind = task if shape == "end" else f"{task}:{shape}"
         for length in task_lengths:
             for i, item in enumerate(TASKS[task](tokenizer, stream, length, task_items, seed)):
+                context, question = shaped(tokenizer, item, shape)
                 for s in [BASE, *others]:
-                    if results.has(model=model_name, kind=task, length=length, item=i, setting=key(s)):
+                    if results.has(model=model_name, kind=kind, length=length, item=i, setting=key(s)):
                         step()
                         continue
-                    _, gen, short = generate(model, item.ids, s, task_tokens, pad_id)
+                    gen, short = answer(model, context, question, s, shape, task_tokens, pad_id)
                     text = tokenizer.decode(gen, skip_special_tokens=True)
-                    results.add({"model": model_name, "kind": task, "length": length, "item": i,
+                    results.add({"model": model_name, "kind": kind, "length": length, "item": i,
                                  "setting": key(s), "method": s["method"], "merged_length": short,
                                  "depth": item.depth, "correct": float(correct(text, item.answers)),
                                  "answer": text.strip()[:80]})
