@@ -39,7 +39,7 @@ def test_search_takes_the_fastest_that_meets_both_targets(monkeypatch):
     table = {1: (3.0, [True, False], 0.99), 2: (2.5, [True, True], 0.80), 3: (2.0, [True, True], 0.95),
              4: (1.5, [True, True], 0.99)}  # cutoff: ideal, answers, agreement
     monkeypatch.setattr(tune, "ideal", lambda model, s, length: table[s["layer_cutoff"]][0])
-    monkeypatch.setattr(tune, "answers", lambda model, tok, items, s, base=None:
+    monkeypatch.setattr(tune, "answers", lambda model, tok, items, s, base=None, shape="end":
                         [True, True] if s is None else table[s["layer_cutoff"]][1])
     monkeypatch.setattr(tune, "agreement", lambda model, prose, base, s: table[s["layer_cutoff"]][2])
     model = lambda ids, logits_to_keep: type("Out", (), {"logits": torch.zeros(1, 1, 4)})  # noqa: E731
@@ -53,16 +53,30 @@ def test_search_takes_the_fastest_that_meets_both_targets(monkeypatch):
     assert search(model, None, [torch.zeros(3, dtype=torch.long)], [], settings, 1.0, 1.0, 64)[0] is None
 
 
+@torch.no_grad()
+def test_answers_in_each_shape_are_the_base_models_own(smollm2):
+    """Unpatched, the question after a prefilled context is answered as in the whole prompt."""
+    from slerpmerge.evaluate.corpus import default_texts, token_stream
+    from slerpmerge.evaluate.tasks import TASKS
+
+    model, tokenizer = smollm2
+    items = TASKS["once"](tokenizer, token_stream(tokenizer, default_texts()[:40]), 200, 3)
+    assert tune.answers(model, tokenizer, items, None, shape="later") == tune.answers(model, tokenizer, items, None)
+    half = dict(layer_cutoff=20, method="prune", target=0.5, keep_end=4)
+    assert len(tune.answers(model, tokenizer, items, half, shape="later")) == 3
+
+
 def test_tune_command_writes_settings_that_patch_and_generate_read(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "best.json"
     run = lambda *a: subprocess.run([sys.executable, "-m", "slerpmerge", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env, timeout=900)
     proc = run("tune", "--quick", "--length", "64", "--windows", "3", "--retrieval-length", "160", "--items", "2",
-               "--target-agreement", "0.5", "--target-retrieval", "0.5", "--out", str(out), "--threads", "2")
+               "--target-agreement", "0.5", "--target-retrieval", "0.5", "--out", str(out), "--threads", "2",
+               "--shape", "later")
     assert proc.returncode == 0, proc.stderr[-2000:]
     settings = json.loads(out.read_text())
-    assert "chosen:" in proc.stdout
+    assert "chosen:" in proc.stdout and "with their questions cut off" in proc.stdout and "shape later" in proc.stdout
     gen = run("generate", "Hello", "--no-chat", "--json", "--max-new-tokens", "3", "--config", str(out))
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert json.loads(gen.stdout)["layer_cutoff"] == settings["layer_cutoff"]

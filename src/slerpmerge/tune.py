@@ -18,6 +18,8 @@ import torch
 from . import calibrate
 from .bench.ideal import ideal_speedup
 from .evaluate.corpus import read_texts, token_stream, windows
+from .evaluate.runs import check
+from .evaluate.shapes import SHAPES, answer, shaped
 from .evaluate.tasks import TASKS, correct
 from .patching import merging
 from .merge import merge_sequence
@@ -79,33 +81,33 @@ def agreement(model, prose: list[torch.Tensor], base: list[int], setting: dict) 
 
 
 @torch.inference_mode()
-def answers(model, tokenizer, items, setting: dict | None, stop_at_miss: list[bool] | None = None) -> list[bool]:
-    """Which items the model answers (patched by `setting` unless None); with ``stop_at_miss`` (the base model's
-    answers), stop at the first item the base answers and this setting does not."""
+def answers(model, tokenizer, items, setting: dict | None, stop_at_miss: list[bool] | None = None,
+            shape: str = "end") -> list[bool]:
+    """Which items the model answers in a prompt shape (patched by `setting` unless None); with ``stop_at_miss``
+    (the base model's answers), stop at the first item the base answers and this setting does not."""
     got = []
-    with merging(model, **setting) if setting else torch.inference_mode():
-        for i, item in enumerate(items):
-            out = model.generate(item.ids, attention_mask=torch.ones_like(item.ids), max_new_tokens=8,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            got.append(correct(tokenizer.decode(out[0, item.ids.shape[1]:], skip_special_tokens=True),
-                               item.answers))
-            if stop_at_miss is not None and stop_at_miss[i] and not got[-1]:
-                break
+    for i, item in enumerate(items):
+        context, question = shaped(tokenizer, item, shape)
+        tokens, _ = answer(model, context, question, check(setting or {"method": "base"}), shape, 8,
+                           tokenizer.pad_token_id)
+        got.append(correct(tokenizer.decode(tokens, skip_special_tokens=True), item.answers))
+        if stop_at_miss is not None and stop_at_miss[i] and not got[-1]:
+            break
     return got
 
 
 def search(model, tokenizer, prose, items, settings: list[dict], target_agreement: float,
-           target_retrieval: float, length: int, progress=None) -> tuple[dict | None, list[dict]]:
+           target_retrieval: float, length: int, progress=None, shape: str = "end") -> tuple[dict | None, list[dict]]:
     """The fastest setting meeting both targets (None if none does), and every setting tried."""
     base_next = [int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) for ids in prose]
-    base_right = answers(model, tokenizer, items, None)
+    base_right = answers(model, tokenizer, items, None, shape=shape)
     needed = sum(base_right)
     speed = {json.dumps(s, sort_keys=True): ideal(model, s, length) for s in settings}
     ranked = sorted(settings, key=lambda s: speed[json.dumps(s, sort_keys=True)], reverse=True)
     tried = []
     for s in ranked:
         row = {"settings": s, "label": label(s), "ideal_speedup": speed[json.dumps(s, sort_keys=True)]}
-        got = answers(model, tokenizer, items, s, base_right)
+        got = answers(model, tokenizer, items, s, base_right, shape)
         kept = sum(g and b for g, b in zip(got, base_right))
         row["retrieval"] = kept / needed if needed else 1.0
         if row["retrieval"] >= target_retrieval:
@@ -136,16 +138,18 @@ def run(args) -> dict:
     prose = windows(stream, length, count, args.seed)
     items = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed)]
     calibration = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed + 1)]
-    print(f"calibrating heads on {len(calibration)} items of {rlength} tokens ...", flush=True)
-    scores = calibrate.head_scores(model, calibration, SCORED["window"])
+    later = args.shape == "later"
+    print(f"calibrating heads on {len(calibration)} items of {rlength} tokens"
+          f"{' with their questions cut off' if later else ''} ...", flush=True)
+    scores = calibrate.head_scores(model, calibration, SCORED["window"], question_free=later)
     heads = {c: calibrate.choose_heads([s[c] for s in scores], calibration, args.heads, SCORED["spread"])
              for c in range(layers)}
     settings = candidates(layers, q, heads)
     with tqdm(total=len(settings), desc="tune", unit="setting") as bar:
         chosen, tried = search(model, tokenizer, prose, items, settings, args.target_agreement,
-                               args.target_retrieval, rlength, bar)
+                               args.target_retrieval, rlength, bar, args.shape)
     print(f"{len(tried)} of {len(settings)} settings tried, fastest first, on {count} prose windows of {length} "
-          f"tokens and {len(items)} retrieval items of {rlength} ({', '.join(args.tasks)}):")
+          f"tokens and {len(items)} retrieval items of {rlength} ({', '.join(args.tasks)}, shape {args.shape}):")
     for row in tried[-5:]:
         agree = f"{row['agreement']:.2f}" if "agreement" in row else "-"
         print(f"  {row['label']:58} ideal {row['ideal_speedup']:.2f}x  retrieval {row['retrieval']:.2f}  "
@@ -180,6 +184,9 @@ def add_parser(sub, model_arguments) -> None:
     p.add_argument("--retrieval-length", type=int, help="retrieval prompt length (default 2048, quick 512)")
     p.add_argument("--items", type=int, help="retrieval items per task (default 8, quick 4)")
     p.add_argument("--tasks", type=lambda s: s.split(","), default=["once", "facts"])
+    p.add_argument("--shape", choices=SHAPES, default="end",
+                   help="where the question sits in the retrieval items (later: the context is shortened before "
+                        "its question; `eval --shapes`)")
     p.add_argument("--heads", type=int, default=2, help="heads chosen per layer by the calibration")
     p.add_argument("--corpus", help=".txt, .jsonl or a folder (default: Python's pydoc topics)")
     p.add_argument("--seed", type=int, default=1, help="windows and items differ from `eval`'s default seed 0")
