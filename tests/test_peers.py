@@ -90,3 +90,17 @@ def test_a_compressed_merged_padded_cache_is_refused():
     with slerpmerge.merging(model, layer_cutoff=1), KnormPress(0.5)(model):
         with pytest.raises(ValueError, match="a KV-cache compression changed it"):
             model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+
+@torch.no_grad()
+def test_a_prefilled_context_under_a_press_is_refused():
+    """`generate` counts the tokens a cache has seen by its length, so a pressed context would be continued at the
+    wrong places: `Context.generate` says so (kvpress's own pipeline, or one-token steps at true positions as in
+    the test above, continue it)."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 60), generator=torch.Generator().manual_seed(3))
+    with slerpmerge.merging(model, layer_cutoff=1, keep_end=4):
+        with KnormPress(0.5)(model):
+            kept = slerpmerge.prefill(model, ids[:, :52])
+        with pytest.raises(ValueError, match="the context's cache was compressed after its prefill"):
+            kept.generate(ids[:, 52:], max_new_tokens=4, do_sample=False, pad_token_id=0)

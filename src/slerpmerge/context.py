@@ -35,6 +35,10 @@ class Context:
             raise ValueError("the model is no longer patched as it was when the context was prefilled")
         if input_ids.shape[0] != self.input_ids.shape[0]:
             raise ValueError(f"the context has {self.input_ids.shape[0]} rows, the question {input_ids.shape[0]}")
+        if self.cache.get_seq_length(0) != self.input_ids.shape[1]:  # layer 0 holds every token of a merged prefill
+            raise ValueError("the context's cache was compressed after its prefill (a KV-cache press?): generate "
+                             "counts the tokens a cache has seen by its length, so it cannot continue one shorter "
+                             "than its context")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cache = copy.deepcopy(self.cache)
