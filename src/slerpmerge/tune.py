@@ -1,8 +1,8 @@
 """Pick the fastest setting, among every method, that keeps both next-token agreement on prose and the answers of
 retrieval tasks at or above their targets.
 
-Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with two recent windows;
-scored methods with all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at
+Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with exact recent windows
+of 32, 128 and 256 tokens (the longest keeps prose at 2x, docs/later.md; quick: the first two); scored methods with all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at
 the retrieval length (the measured speedup follows it closely, docs/benchmarks.md, and is far noisier on a few
 windows). Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first
 that meets both targets is chosen. Calibration, tuning and `eval` use different items (seeds 2, 1 and 0).
@@ -35,7 +35,7 @@ def candidates(num_layers: int, quick: bool = False, heads: dict | None = None) 
     fractions = (0.25, 0.5, 0.75) if quick else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     cuts = [c for c in cutoff_grid(num_layers, fractions) if 0 < c < num_layers - 1]
     out = []
-    for keep_end in (32, 128):
+    for keep_end in (32, 128) if quick else (32, 128, 256):  # 256: prose at 2x needs a long exact window
         for c in cuts:
             for name, method in METHODS.items():
                 for options in method.tune:
