@@ -65,8 +65,9 @@ def median_seconds(fn) -> float:
 
 @torch.inference_mode()
 def merge_cost(model, ids: torch.Tensor, settings: MergeSettings) -> dict:
-    """Seconds of the merge (with the token scores of a scored method) as the patch calls it, of the scores alone,
-    and of the first cutoff's decoder layer, all on that layer's real input."""
+    """Seconds of the merge (with the token scores of a scored method, from the score layer's queries and keys) as
+    the patch calls it, of the scores alone, and of the first cutoff's decoder layer, all on that layer's real
+    input."""
     cutoff = settings.cutoffs[0]
     layer = model.model.layers[cutoff]
     seen, no_cache = {}, {Api.of(model.model).cache_arg: None, "use_cache": False}
@@ -77,8 +78,10 @@ def merge_cost(model, ids: torch.Tensor, settings: MergeSettings) -> dict:
     handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
     probe = None
     if methods.get(settings.method).scored:
-        sliding = layer_types(model.config)[cutoff] == "sliding_attention"
-        probe = AttentionProbe(layer, model.config, model.config.sliding_window if sliding else None)
+        at = cutoff if settings.score_layer is None else settings.score_layer
+        sliding = layer_types(model.config)[at] == "sliding_attention"
+        probe = AttentionProbe(model.model.layers[at], model.config,
+                               model.config.sliding_window if sliding else None)
         probe.armed = True
     try:
         output = model(ids, use_cache=False, logits_to_keep=1)
