@@ -21,7 +21,8 @@ VLLM_STAMP := $(VLLM)/.installed
 VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_layout.py tests/test_vllm_config.py
 LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests/test_score.py tests/test_methods.py \
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
-                tests/test_compat.py tests/test_doctor.py tests/test_peers.py tests/test_context.py
+                tests/test_compat.py tests/test_doctor.py tests/test_peers.py tests/test_context.py \
+                tests/test_scorers.py
 
 # The eval environment: main.txt's set plus lm-eval (the eval extra), for `slerpmerge lm-eval` and its tests.
 EVAL := .venv-eval
