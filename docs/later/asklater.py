@@ -3,7 +3,8 @@
 
 Shapes are `slerpmerge.evaluate.shapes`'s: in `later` the context is shortened in its own prefill (by the merge or by a
 press), then the question and the answer run against what it left, at their true positions (kvpress's protocol).
-Items: `eval`'s `once` items (a five-digit key stated once at a depth of the filler), seed 0. A press runs in `later`
+Items: `eval`'s `once` items (a five-digit key stated once at a depth of the filler) or `word` items (a secret word),
+seed 0. A press runs in `later`
 only, at the compression ratio that leaves the KV bytes of the built-in default. Rows go to <out>/<model>.jsonl, one
 per (shape, length, method, item); a rerun skips rows already there. From the repository root:
 
@@ -66,6 +67,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--items", type=int, default=24)
+    p.add_argument("--task", default="once", choices=["once", "word"])
     p.add_argument("--shapes", default="later,chat")
     p.add_argument("--config", action="append", default=[], help="a slerpmerge setting (JSON); may repeat")
     p.add_argument("--presses", default="snapkv,streaming,expected,knorm")
@@ -75,13 +77,13 @@ def main() -> None:
     model, tokenizer = load(args.model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     stream = token_stream(tokenizer, read_texts(None))
-    items = TASKS["once"](tokenizer, stream, args.length, args.items, 0)
+    items = TASKS[args.task](tokenizer, stream, args.length, args.items, 0)
     settings = [("default", dict(BUILTINS[args.model].defaults))]
     settings += [(Path(f).stem, json.loads(Path(f).read_text())) for f in args.config]
     out = Path(args.out) / f"{args.model}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["shape"], r["length"], r["method"], r["item"]) for r in map(json.loads, out.read_text().splitlines())} \
-        if out.exists() else set()
+    done = {(r.get("task", "once"), r["shape"], r["length"], r["method"], r["item"])
+            for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     for shape in args.shapes.split(","):
         methods = [{"name": "base"}] + [{"name": f"slerpmerge {n}", "patch": s, "setting": label(s)}
                                         for n, s in settings]
@@ -93,7 +95,7 @@ def main() -> None:
         for i, item in enumerate(items):
             context, question = shaped(tokenizer, item, shape)
             for m in methods:
-                if (shape, args.length, m["name"], i) in done:
+                if (args.task, shape, args.length, m["name"], i) in done:
                     continue
                 if "press" in m:
                     tokens = press_answer(model, context, question, m["press"], m["ratio"])
@@ -101,7 +103,7 @@ def main() -> None:
                     tokens = answer(model, context, question, m.get("patch", {"method": "base"}), shape,
                                     ANSWER_TOKENS, tokenizer.pad_token_id)[0]
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
-                row = {"model": args.model, "shape": shape, "length": args.length, "method": m["name"],
+                row = {"model": args.model, "task": args.task, "shape": shape, "length": args.length, "method": m["name"],
                        "setting": m.get("setting"), "ratio": m.get("ratio"), "item": i, "depth": item.depth,
                        "answer": text, "correct": correct(text, item.answers)}
                 with out.open("a") as f:
