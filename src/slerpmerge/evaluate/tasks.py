@@ -88,9 +88,9 @@ def _begin(tokenizer) -> torch.Tensor:
 
 def _place(pieces: list[torch.Tensor], depths: list[float], ask: torch.Tensor, filler_ids: torch.Tensor,
            length: int, offset: int, begin: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """`begin`, then filler, `length` tokens in all, with each piece inserted at its depth and `ask` at the end;
-    returns the ids and where each piece starts."""
-    room = max(0, length - begin.numel() - sum(p.numel() for p in pieces) - ask.numel())
+    """`begin`, then filler of `length` tokens in all with each piece inserted at its depth and `ask` at the end (the
+    same filler with or without `begin`); returns the ids and where each piece starts."""
+    room = max(0, length - sum(p.numel() for p in pieces) - ask.numel())
     order = sorted(range(len(pieces)), key=lambda i: depths[i])
     parts, spans, used, at = [begin], [None] * len(pieces), 0, begin.numel()
     for i in order:

@@ -29,6 +29,8 @@ def items(tokenizer, length: int, count: int, seed: int = 0) -> list[dict]:
     for task in TASKS:
         for i, item in enumerate(BUILDERS[task](tokenizer, stream, length, count, seed)):
             ids = item.ids[0].tolist()
+            if ids[0] == tokenizer.bos_token_id and tokenizer("").input_ids[:1] == ids[:1]:
+                ids = ids[1:]  # the tokenizer's own BOS (Gemma 3's) is the harness's to add, as it adds it to any text
             text = tokenizer.decode(ids)
             again = tokenizer(text, add_special_tokens=False).input_ids
             rows.append({"task": task, "item": i, "length": length, "depth": item.depth, "prompt": text,
