@@ -1,5 +1,5 @@
-"""How the scored methods rank tokens at a cutoff, in one table: one function per way, each from the queries and keys
-the cutoff layer attends with, each giving every query head's score of every token.
+"""How the scored methods rank tokens, in one table: one function per way, each from the queries and keys the cutoff
+layer (or the setting's `score_layer`) attends with, each giving every query head's score of every token.
 
     last      the attention the last `window` real tokens pay each token: the question, when the prompt ends with
               one (the default)
@@ -10,12 +10,14 @@ the cutoff layer attends with, each giving every query head's score of every tok
               attention computed at all)
 
 Each returns (B, H, S); `importance` averages the chosen heads and spreads the score to each token's neighbours.
-The hooks (transformers) and the vLLM plugin both call `importance`; neither knows which scorer runs.
+The hooks (transformers) and the vLLM plugin both call `importance`; neither knows which scorer runs. What each
+finds with and without a question, and what it costs, is measured in docs/later.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import torch
 
 from .score import Attended, attention_scores, last_real, spread
