@@ -23,7 +23,6 @@ from .runs import generate, prepared
 from .tasks import Item
 
 SHAPES = ("end", "chat", "later")
-CHAT_ANSWER = {"once": "The pass key is", "passkey": "The pass key is", "word": "The secret word is"}
 
 
 def shaped(tokenizer, item: Item, shape: str) -> tuple[torch.Tensor, torch.Tensor]:
