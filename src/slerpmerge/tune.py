@@ -3,9 +3,10 @@ retrieval tasks at or above their targets.
 
 Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with exact recent windows
 of 32, 128 and 256 tokens (the longest keeps prose at 2x, docs/later.md; quick: the first two); scored methods with
-all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at the retrieval length
-(the measured speedup follows it closely, docs/benchmarks.md, and is far noisier on a few windows). Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first
-that meets both targets is chosen. Calibration, tuning and `eval` use different items (seeds 2, 1 and 0).
+all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at the retrieval
+length (the measured speedup follows it closely, docs/benchmarks.md, and is far noisier on a few windows).
+Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first that meets
+both targets is chosen. Calibration, tuning and `eval` use different items (seeds 2, 1 and 0).
 """
 
 from __future__ import annotations
