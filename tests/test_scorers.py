@@ -11,7 +11,7 @@ import slerpmerge
 from slerpmerge.architecture import layer_types
 from slerpmerge.merge import merge_sequence
 from slerpmerge.score import AttentionProbe
-from slerpmerge.scorers import SCORERS, heavy, importance
+from slerpmerge.scorers import SCORERS, heavy, importance, mixed
 from slerpmerge.settings import check_options
 
 LENGTHS = [22, 15, 4]
@@ -73,7 +73,7 @@ def test_keynorm_is_minus_the_norm_of_each_key(arch):
 
 def test_importance_pools_the_chosen_heads_then_spreads():
     torch.manual_seed(0)
-    a = type("A", (), {})()
+    a = type("A", (), {"mask": torch.ones(2, 9, dtype=torch.bool)})()
     per_head = torch.rand(2, 4, 9)
     SCORERS["fixed"] = lambda attended, window: per_head
     try:
@@ -82,18 +82,26 @@ def test_importance_pools_the_chosen_heads_then_spreads():
         got = importance(a, "fixed", 8, [1, 3], 1)
         want = torch.stack([pooled[:, max(0, i - 1):i + 2].amax(1) for i in range(9)], 1)
         torch.testing.assert_close(got, want)
+        a.mask[1, :3] = False  # padding lends its neighbours nothing, and keeps its own score
+        per_head[1, :, :3] = 5.0
+        got = importance(a, "fixed", 8, [1, 3], 1)
+        want = torch.stack([pooled[1, max(3, i - 1):i + 2].amax() for i in range(3, 9)])
+        torch.testing.assert_close(got[1, 3:], want)
+        torch.testing.assert_close(got[1, :3], per_head[1, [1, 3], :3].mean(0))
     finally:
         del SCORERS["fixed"]
 
 
-@pytest.mark.parametrize("score", list(SCORERS))
+@pytest.mark.parametrize("score", [*SCORERS, "last+keynorm"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
 @torch.no_grad()
 def test_each_scorer_keeps_padded_rows_equal_to_rows_alone(arch, score):
     model = tiny_model(arch)
     lengths = [23, 18, 7]
     ids, mask = ids_and_mask(lengths)
-    with slerpmerge.merging(model, layer_cutoff=1, method="guided", score=score, keep_start=1, keep_end=2,
+    score, _, second = score.partition("+")
+    mix = {"score": second, "layer": 0} if second else None
+    with slerpmerge.merging(model, layer_cutoff=1, method="guided", score=score, mix=mix, keep_start=1, keep_end=2,
                             target=0.4, spread=1):
         batch = model(ids, attention_mask=mask).logits
         for row, n in enumerate(lengths):
@@ -156,3 +164,70 @@ def test_score_layer_ranks_at_an_earlier_layer():
             slerpmerge.patch(model, **{**common, **bad})
     with pytest.raises(ValueError, match="score_layer applies to method guided, guided-mean, prune, not slerp"):
         slerpmerge.patch(model, layer_cutoff=1, score_layer=0)
+
+
+def test_mixed_keeps_the_best_of_each_ranking():
+    """Keeping the 2n best by `mixed` keeps the n best of each ranking, whatever the scales; padding comes last."""
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 20), torch.randn(3, 20) * 1000 + 50
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, :6] = False  # left padding
+    a[1, :6] = b[1, :6] = 1e9  # the best of both, were they real
+    got = mixed([a, b], mask)
+    for row in range(3):
+        real = mask[row].nonzero()[:, 0]
+        for n in range(1, len(real) // 2 + 1):
+            best = lambda s, k: set(real[s[row, real].topk(k).indices].tolist())  # noqa: E731
+            assert best(a, n) | best(b, n) <= best(got, 2 * n)
+        assert (got[row, ~mask[row]] < got[row, real].min()).all()
+    c = torch.randn(3, 20)
+    torch.testing.assert_close(mixed([c, c], None), mixed([c], None))  # agreeing rankings: the ranking itself
+    assert (mixed([c], None).argsort(1, descending=True) == c.argsort(1, descending=True)).all()
+
+
+@torch.no_grad()
+def test_mix_ranks_by_both_layers():
+    """A setting with a mix keeps the tokens `mixed` ranks best from the cutoff's last-query attention and layer 0's
+    key norms, each from its own probe: the merge of the unpatched model's cutoff output by those scores."""
+    model = tiny_model("llama")
+    ids, mask = ids_and_mask([30, 21])
+    common = dict(method="prune", target=0.4, keep_start=1, keep_end=2, window=3, spread=1)
+    probes = {0: probe_on(model, 0), 2: probe_on(model, 2)}
+    for probe in probes.values():
+        probe.armed = True
+    caught = {}
+    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: caught.setdefault("h", out))
+    model(ids, attention_mask=mask)
+    handle.remove()
+    last = importance(probes[2].attended(mask.bool()), "last", 3, None, 1)
+    norms = importance(probes[0].attended(mask.bool()), "keynorm", 3, [1], 1)
+    for probe in probes.values():
+        probe.remove()
+    h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
+    want = merge_sequence(h, mask, 1, 2, "prune", scores=mixed([last, norms], mask.bool()), target=0.4)
+    alone = merge_sequence(h, mask, 1, 2, "prune", scores=last, target=0.4)
+    assert not torch.equal(want.plan.first, alone.plan.first)  # the mix keeps other tokens
+
+    handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
+    with slerpmerge.merging(model, layer_cutoff=2, mix={"score": "keynorm", "layer": 0, "heads": [1]}, **common):
+        model(ids, attention_mask=mask)
+    handle.remove()
+    torch.testing.assert_close(caught["short"], want.hidden_states)
+
+
+def test_bad_mixes_are_refused():
+    model = tiny_model("llama")
+    common = dict(layer_cutoff=1, method="guided")
+    for bad, match in (({"score": "question"}, "mix is a second ranking"),
+                       ({"score": "keynorm", "layers": 0}, "mix is a second ranking"),
+                       ([("score", "keynorm")], "mix is a second ranking"),
+                       ({"score": "keynorm", "layer": 2}, "mix ranks tokens for one cutoff, at a layer at or before"),
+                       ({"score": "keynorm", "layer": -1}, "mix layer is a layer index >= 0"),
+                       ({"score": "keynorm", "heads": [99]}, r"heads are query heads in 0\.\.3; got \[99\]")):
+        with pytest.raises(ValueError, match=match):
+            slerpmerge.patch(model, **common, mix=bad)
+    with pytest.raises(ValueError, match="mix ranks tokens for one cutoff"):
+        slerpmerge.patch(model, layer_cutoff=[0, 1], method="guided", mix={"score": "keynorm"})
+    with pytest.raises(ValueError, match="mix applies to method guided, guided-mean, prune, not slerp"):
+        slerpmerge.patch(model, layer_cutoff=1, mix={"score": "keynorm"})
+    assert not hasattr(model, "_slerpmerge")

@@ -39,6 +39,8 @@ def test_cutoff_grid_and_labels():
     assert label(dict(layer_cutoff=13, keep_start=4, keep_end=32, method="guided", target=0.25)) == \
         "guided @13 keep 4+32 target=0.25"
     assert label(dict(layer_cutoff=[6, 15], positions="reindex")) == "slerp @6,15 positions=reindex"
+    assert label(dict(layer_cutoff=14, method="guided", mix={"score": "keynorm", "layer": 2, "heads": [0, 1]})) == \
+        "guided @14 mix=keynorm@2:0,1"
 
 
 def test_flags_override_the_config_which_overrides_the_defaults(tmp_path):
@@ -52,3 +54,15 @@ def test_flags_override_the_config_which_overrides_the_defaults(tmp_path):
     assert settings.from_args(p.parse_args(["--layer-cutoff", "6,15"]), {})["layer_cutoff"] == [6, 15]
     with pytest.raises(SystemExit):
         p.parse_args(["--method", "fastv"])
+    assert p.parse_args(["--mix", "keynorm@2:0,1"]).mix == {"score": "keynorm", "layer": 2, "heads": [0, 1]}
+    assert p.parse_args(["--mix", "heavy"]).mix == {"score": "heavy"}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mix", "keynorm@two"])
+
+
+def test_settings_with_a_mix_hash_by_value():
+    """vLLM caches merged lengths by settings: a mix (a dict) must hash, equal settings alike."""
+    mix = {"score": "keynorm", "layer": 2, "heads": [0]}
+    a, b = MergeSettings.make(14, method="guided", mix=mix), MergeSettings.make(14, method="guided", mix=dict(mix))
+    assert a == b and hash(a) == hash(b)
+    assert hash(a) != hash(MergeSettings.make(14, method="guided", mix={**mix, "layer": 3}))

@@ -127,6 +127,8 @@ SETTINGS = {
     "heavy": dict(layer_cutoff=1, method="prune", score="heavy", keep_start=4, keep_end=8, target=0.5),
     "keynorm-earlier": dict(layer_cutoff=2, method="guided", score="keynorm", score_layer=0, keep_start=4,
                             keep_end=8, target=0.25, heads=[2], spread=2),
+    "mix": dict(layer_cutoff=2, method="guided", keep_start=4, keep_end=8, target=0.25, window=8, heads=[1, 3],
+                spread=2, mix={"score": "keynorm", "layer": 0, "heads": [0, 2]}),
 }
 
 
@@ -194,10 +196,10 @@ def test_smollm2_answers_the_demo_question_as_generate_does():
 
 
 def test_tensor_parallel_two_ranks_give_the_same_tokens(folders, monkeypatch):
-    """Two CPU workers (vLLM's multiprocess executor), each with half the query heads: the chosen heads' scores
-    are summed across ranks, so both pick the same tokens and the tokens equal the transformers path's."""
+    """Two CPU workers (vLLM's multiprocess executor), each with half the query heads: the chosen heads' scores of
+    each ranking are summed across ranks, so both pick the same tokens and the tokens equal the transformers path's."""
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank (vLLM binds by NUMA node else)
-    settings, ids = SETTINGS["guided"], prompts()  # heads 1 and 3: one on each rank
+    settings, ids = SETTINGS["mix"], prompts()  # heads 1, 3 and 0, 2: some of each ranking on each rank
     llm = start(folders["llama"], settings, tensor_parallel_size=2, distributed_executor_backend="mp")
     try:
         got = run_staggered(llm, ids)

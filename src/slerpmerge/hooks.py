@@ -28,7 +28,7 @@ from . import methods
 from .architecture import layer_types
 from .compat import Api, UnknownTransformers
 from .merge import merge_sequence
-from .score import AttentionProbe
+from .score import Scoring
 from .settings import MergeSettings
 
 @dataclass
@@ -84,11 +84,9 @@ class Merger:
         self.config = model.config
         self.api = Api.of(self.decoder)
         types = layer_types(self.config)
-        # Scored methods: a probe on each cutoff layer (or the score layer) catches its queries and keys in a prefill.
-        scored_at = [settings.score_layer] if settings.score_layer is not None else settings.cutoffs
-        self.probes = [AttentionProbe(self.decoder.layers[c], self.config,
-                                      self.config.sliding_window if types[c] == "sliding_attention" else None)
-                       for c in scored_at] if methods.get(settings.method).scored else []
+        # Scored methods: probes on each cutoff layer (or the layers its rankings read) catch queries and keys.
+        self.scorings = [Scoring(self.decoder.layers, self.config, settings, c)
+                         for c in settings.cutoffs] if methods.get(settings.method).scored else []
         bounds = [*settings.cutoffs, len(self.decoder.layers) - 1]
         self.stages = []
         for k, cutoff in enumerate(settings.cutoffs):
@@ -137,8 +135,8 @@ class Merger:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-        for probe in self.probes:
-            probe.remove()
+        for scoring in self.scorings:
+            scoring.remove()
         self.model.generation_config.use_cache = self.saved_use_cache
 
     # -- hooks ------------------------------------------------------------------------------------------------
@@ -162,15 +160,15 @@ class Merger:
                 f"a decode step arrived (an attention mask over {mask.shape[1]} tokens for {queries} new ones) "
                 f"with no cache under {self.api.cache_arg!r}")
         self.call = _Forward(mask, past, queries)
-        for probe in self.probes:
-            probe.armed = past == 0
+        for scoring in self.scorings:
+            scoring.arm(past == 0)
 
     def _after_decoder(self, module, args, output):
         if self.call.past > 0:
             self.since_prompt += self.call.queries
         self.call = None
-        for probe in self.probes:
-            probe.armed = False
+        for scoring in self.scorings:
+            scoring.arm(False)
         self.inputs = [None] * len(self.stages)  # release the masks
 
     def _cutoff_hook(self, k: int):
@@ -213,7 +211,7 @@ class Merger:
         call, s = self.call, self.settings
         if k == 0:
             self._start_prefill(hidden)
-        scores = self.probes[k].importance(call.mask, s) if self.probes else None
+        scores = self.scorings[k].importance(call.mask) if self.scorings else None
         merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
                                 s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
         real = merged.plan.mask  # (B, S_k)

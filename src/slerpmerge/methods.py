@@ -60,7 +60,8 @@ class Method:
 
 
 PAIR_OPTIONS = {"similarity": None, "ratio": None}
-SCORED_OPTIONS = {"target": 0.5, "score": "last", "score_layer": None, "window": None, "heads": None, "spread": 0}
+SCORED_OPTIONS = {"target": 0.5, "score": "last", "score_layer": None, "mix": None, "window": None, "heads": None,
+                  "spread": 0}
 
 METHODS = {m.name: m for m in (
     Method("slerp", pairs, combine.slerp, False, PAIR_OPTIONS,

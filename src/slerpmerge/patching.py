@@ -26,6 +26,7 @@ def patch(
     protect: float | None = None,
     score: str | None = None,
     score_layer: int | None = None,
+    mix: dict | None = None,
     window: int | None = None,
     heads: Sequence[int] | None = None,
     spread: int | None = None,
@@ -45,7 +46,8 @@ def patch(
                       "check generations with `slerpmerge doctor`", stacklevel=2)
     settings = MergeSettings.make(layer_cutoff, keep_start=keep_start, keep_end=keep_end, positions=positions,
                                   method=method, cache=cache, similarity=similarity, ratio=ratio, target=target,
-                                  protect=protect, score=score, score_layer=score_layer, window=window, heads=heads, spread=spread)
+                                  protect=protect, score=score, score_layer=score_layer, mix=mix, window=window,
+                                  heads=heads, spread=spread)
     check_settings(settings, len(model.model.layers), model.config.num_attention_heads)
     model._slerpmerge = Merger(model, settings)
     return model

@@ -137,14 +137,6 @@ class AttentionProbe:
         for handle in self.handles:
             handle.remove()
 
-    def importance(self, mask: torch.Tensor | None, settings) -> torch.Tensor:
-        """(B, S) the score a setting asks for (its scorer, window, heads and spread) from the forward just caught."""
-        from .scorers import importance
-
-        options = settings.options
-        return importance(self.attended(mask), options["score"], settings.score_window, options["heads"],
-                          options["spread"])
-
     def scores(self, mask: torch.Tensor | None, count: int, heads: Sequence[int] | None = None,
                per_head: bool = False) -> torch.Tensor:
         """(B, S) attention the last ``count`` real tokens paid each token in the forward just caught ((B, H, S)
@@ -174,3 +166,34 @@ class AttentionProbe:
         cos, sin = caught["rotary"]
         q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, S, d), (B, H_kv, S, d)
         return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap)
+
+
+class Scoring:
+    """The probes a scored setting reads for one cutoff (a layer per ranking) and the score it keeps tokens by."""
+
+    def __init__(self, layers, config, settings, cutoff: int):
+        from .architecture import layer_types
+
+        self.settings, self.terms = settings, settings.terms(cutoff)
+        types = layer_types(config)
+        self.probes = {t.layer: AttentionProbe(layers[t.layer], config, config.sliding_window
+                                               if types[t.layer] == "sliding_attention" else None)
+                       for t in self.terms}
+
+    def arm(self, armed: bool) -> None:
+        for probe in self.probes.values():
+            probe.armed = armed
+
+    def remove(self) -> None:
+        for probe in self.probes.values():
+            probe.remove()
+
+    def importance(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, S) from the forward just caught: each ranking's score, interleaved when there are two."""
+        from .scorers import importance, mixed
+
+        attended = {layer: probe.attended(mask) for layer, probe in self.probes.items()}
+        s = self.settings
+        spread_ = s.options["spread"]
+        scores = [importance(attended[t.layer], t.score, s.score_window, t.heads, spread_) for t in self.terms]
+        return scores[0] if len(scores) == 1 else mixed(scores, attended[self.terms[0].layer].mask)

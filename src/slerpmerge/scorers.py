@@ -9,7 +9,9 @@ layer (or the setting's `score_layer`) attends with, each giving every query hea
     keynorm   the negated norm of each token's key: keys with small norms draw attention from most queries (no
               attention computed at all)
 
-Each returns (B, H, S); `importance` averages the chosen heads and spreads the score to each token's neighbours.
+Each returns (B, H, S); `importance` averages the chosen heads and spreads the score to each token's neighbours. A
+setting with a `mix` ranks twice (say `last` at the cutoff and `keynorm` at layer 2) and `mixed` interleaves the two
+rankings, so each keeps about half of the kept tokens: what the question asks for, and what holds facts without one.
 The hooks (transformers) and the vLLM plugin both call `importance`; neither knows which scorer runs. What each
 finds with and without a question, and what it costs, is measured in docs/later.md.
 """
@@ -67,4 +69,17 @@ def importance(a: Attended, scorer: str, window: int, heads: Sequence[int] | Non
     """(B, S): a scorer's per-head scores averaged over ``heads`` (all when None), spread over ``radius``."""
     per_head = SCORERS[scorer](a, window)
     pooled = per_head.mean(1) if heads is None else per_head[:, list(heads)].mean(1)
-    return spread(pooled, radius)
+    # padding lends no score to its real neighbours (a key norm's negated score can top theirs)
+    return torch.where(a.mask, spread(pooled.masked_fill(~a.mask, -torch.inf), radius), pooled)
+
+
+def mixed(scores: Sequence[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, S) from k rankings' (B, S) scores: minus each token's best place among them (0 the best), so that keeping
+    the n best keeps each ranking's best n / k or so (more where they agree). Padding places last in each."""
+    places = []
+    for score in scores:
+        if mask is not None:
+            score = score.masked_fill(~mask, -torch.inf)
+        order = torch.argsort(score, dim=1, descending=True, stable=True)  # (B, S) token indices, best first
+        places.append(torch.argsort(order, dim=1))  # (B, S) each token's place
+    return -torch.stack(places).amin(0).float()

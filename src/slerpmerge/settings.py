@@ -35,9 +35,13 @@ class MergeSettings:
     protect: float | None = None  # guided methods: the share of those kept exact (the best-scored tokens)
     score: str | None = None  # scored methods: how tokens are ranked, a row of `scorers.SCORERS` (default "last")
     score_layer: int | None = None  # scored methods: rank at this layer, at or before the cutoff (default the cutoff)
+    mix: dict | None = None  # scored methods: a second ranking {"score", "layer", "heads"} sharing the kept tokens
     window: int | None = None  # scored methods: how many last tokens' queries score (default keep_end, or 32)
     heads: tuple[int, ...] | None = None  # scored methods: score with these query heads only (calibrated)
     spread: int | None = None  # scored methods: a token scores the best within this many tokens of it
+
+    def __hash__(self) -> int:  # (merged lengths are cached by settings) `mix` is a dict
+        return hash(json.dumps(self.kwargs(), sort_keys=True))
 
     @property
     def cutoffs(self) -> tuple[int, ...]:
@@ -52,6 +56,16 @@ class MergeSettings:
     @property
     def score_window(self) -> int:
         return self.window or self.keep_end or 32
+
+    def terms(self, cutoff: int) -> list["Term"]:
+        """The rankings a scored setting keeps tokens by at ``cutoff``: its own, and its `mix` if it has one."""
+        o = self.options
+        own = Term(o["score"], cutoff if o["score_layer"] is None else o["score_layer"], o["heads"])
+        mix = o["mix"]
+        if mix is None:
+            return [own]
+        heads = mix.get("heads")
+        return [own, Term(mix["score"], mix.get("layer", own.layer), None if heads is None else tuple(heads))]
 
     def kwargs(self) -> dict:
         """The patch keyword arguments that differ from the defaults, JSON-ready."""
@@ -75,7 +89,18 @@ class MergeSettings:
         return cls(layer_cutoff, **kwargs)
 
 
-OPTION_NAMES = ("similarity", "ratio", "target", "protect", "score", "score_layer", "window", "heads", "spread")
+@dataclass(frozen=True)
+class Term:
+    """One ranking of a scored setting: a scorer, the layer whose queries and keys it reads, the heads it averages."""
+
+    score: str
+    layer: int
+    heads: tuple[int, ...] | None
+
+
+OPTION_NAMES = ("similarity", "ratio", "target", "protect", "score", "score_layer", "mix", "window", "heads",
+                "spread")
+MIX_KEYS = ("score", "layer", "heads")
 _RANGES = {"similarity": (-1.0, 1.0, "a cosine threshold"), "ratio": (0.0, 1.0, "the fraction of pairs to merge"),
            "target": (0.0, 1.0, "the fraction of tokens kept"), "protect": (0.0, 1.0, "the share kept exact")}
 
@@ -98,9 +123,13 @@ def check_options(method: str, options: dict) -> dict:
             raise ValueError(f"{name} is {what}, in {bound}; got {value!r}")
     if given.get("score") is not None and given["score"] not in SCORERS:
         raise ValueError(f"score must be one of {', '.join(SCORERS)}; got {given['score']!r}")
+    mix = given.get("mix")
+    if mix is not None and (not isinstance(mix, dict) or set(mix) - set(MIX_KEYS) or mix.get("score") not in SCORERS):
+        raise ValueError(f"mix is a second ranking: {{'score': one of {', '.join(SCORERS)}, 'layer': a layer index, "
+                         f"'heads': query heads}} (layer and heads optional); got {mix!r}")
     for name, least, what in (("window", 1, "a number of tokens"), ("spread", 0, "a number of tokens"),
-                              ("score_layer", 0, "a layer index")):
-        value = given.get(name)
+                              ("score_layer", 0, "a layer index"), ("mix layer", 0, "a layer index")):
+        value = (mix or {}).get("layer") if name == "mix layer" else given.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ValueError(f"{name} is {what} >= {least}, got {value!r}")
     return {**m.options, **given}
@@ -116,18 +145,22 @@ def check_settings(s: MergeSettings, num_layers: int, num_heads: int) -> None:
                              f"got {c}")
     if list(cutoffs) != sorted(set(cutoffs)):
         raise ValueError(f"several layer cutoffs must be strictly increasing, got {list(cutoffs)}")
-    if s.score_layer is not None and (len(cutoffs) > 1 or s.score_layer > cutoffs[0]):
-        raise ValueError(f"score_layer ranks tokens for one cutoff, at or before it: in 0..{cutoffs[0]} with one "
-                         f"layer_cutoff; got {s.score_layer} with {cutoff_label(s.layer_cutoff)}")
     check_keeps(s.keep_start, s.keep_end)
     if s.positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got {s.positions!r}")
     if s.cache not in CACHES:
         raise ValueError(f"cache must be one of {', '.join(CACHES)}; got {s.cache!r}")
     s.options  # noqa: B018  (checks the method and its options)
-    if s.heads is not None and (not s.heads or any(isinstance(h, bool) or not isinstance(h, int)
-                                                   or not 0 <= h < num_heads for h in s.heads)):
-        raise ValueError(f"heads are query heads in 0..{num_heads - 1}; got {s.heads!r}")
+    if s.score_layer is not None and (len(cutoffs) > 1 or s.score_layer > cutoffs[0]):
+        raise ValueError(f"score_layer ranks tokens for one cutoff, at or before it: in 0..{cutoffs[0]} with one "
+                         f"layer_cutoff; got {s.score_layer} with {cutoff_label(s.layer_cutoff)}")
+    if s.mix is not None and (len(cutoffs) > 1 or s.mix.get("layer", 0) > cutoffs[0]):
+        raise ValueError(f"mix ranks tokens for one cutoff, at a layer at or before it: in 0..{cutoffs[0]} with one "
+                         f"layer_cutoff; got layer {s.mix.get('layer')} with {cutoff_label(s.layer_cutoff)}")
+    for term in s.terms(cutoffs[0]) if methods.get(s.method).scored else ():
+        if term.heads is not None and (not term.heads or any(isinstance(h, bool) or not isinstance(h, int)
+                                                             or not 0 <= h < num_heads for h in term.heads)):
+            raise ValueError(f"heads are query heads in 0..{num_heads - 1}; got {list(term.heads)!r}")
 
 
 # -- grids and names ------------------------------------------------------------------------------------------------
@@ -153,6 +186,10 @@ def label(kwargs: dict) -> str:
     cut = kw.pop("layer_cutoff", None)
     ks, ke = kw.pop("keep_start", 0), kw.pop("keep_end", 0)
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "positions" and v == "original")}
+    if "mix" in kw:  # keynorm@2:0 (its scorer, layer and heads)
+        m = kw["mix"]
+        kw["mix"] = m["score"] + (f"@{m['layer']}" if "layer" in m else "") + (
+            f":{cutoff_label(m['heads'])}" if m.get("heads") is not None else "")
     text = method + ("" if cut is None else f" @{cutoff_label(cut)}") + (f" keep {ks}+{ke}" if ks or ke else "")
     return text + "".join(f" {k}={cutoff_label(v)}" for k, v in sorted(kw.items()))
 
@@ -164,6 +201,16 @@ def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def mix_term(text: str) -> dict:
+    """'keynorm@2:0,1' -> {"score": "keynorm", "layer": 2, "heads": [0, 1]}."""
+    rest, _, heads = text.partition(":")
+    score, _, layer = rest.partition("@")
+    try:
+        return {"score": score, **({"layer": int(layer)} if layer else {}), **({"heads": ints(heads)} if heads else {})}
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected SCORE[@LAYER][:HEADS], e.g. keynorm@2:0; got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,6 +229,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score", choices=list(SCORERS), help="scored methods: how tokens are ranked ('keynorm' and "
                    "'heavy' need no question: for a context asked about later, docs/later.md)")
     g.add_argument("--score-layer", type=int, help="scored methods: rank tokens at this layer (default: the cutoff)")
+    g.add_argument("--mix", type=mix_term, help="scored methods: a second ranking that shares the kept tokens, "
+                   "SCORE[@LAYER][:HEADS], e.g. keynorm@2:0 (docs/later.md)")
     g.add_argument("--window", type=int, help="scored methods: last tokens whose attention scores")
     g.add_argument("--heads", type=ints, help="scored methods: query heads that score (from a calibration)")
     g.add_argument("--spread", type=int, help="scored methods: a token scores the best within this many of it")

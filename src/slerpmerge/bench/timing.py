@@ -16,9 +16,8 @@ from transformers import DynamicCache
 
 from .. import methods
 from ..compat import Api, cache_kwargs
-from ..architecture import layer_types
 from ..merge import merge_sequence
-from ..score import AttentionProbe
+from ..score import Scoring
 from ..settings import MergeSettings
 
 
@@ -76,13 +75,10 @@ def merge_cost(model, ids: torch.Tensor, settings: MergeSettings) -> dict:
         seen["args"], seen["kwargs"] = args, {**kwargs, **no_cache}
 
     handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-    probe = None
+    scoring = None
     if methods.get(settings.method).scored:
-        at = cutoff if settings.score_layer is None else settings.score_layer
-        sliding = layer_types(model.config)[at] == "sliding_attention"
-        probe = AttentionProbe(model.model.layers[at], model.config,
-                               model.config.sliding_window if sliding else None)
-        probe.armed = True
+        scoring = Scoring(model.model.layers, model.config, settings, cutoff)
+        scoring.arm(True)
     try:
         output = model(ids, use_cache=False, logits_to_keep=1)
     finally:
@@ -93,14 +89,15 @@ def merge_cost(model, ids: torch.Tensor, settings: MergeSettings) -> dict:
     positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
     options = dict(similarity=s.similarity, ratio=s.ratio, target=s.target, protect=s.protect)
     score_s = 0.0
-    if probe is not None:
-        probe.armed = False
-        caught = probe.caught
-        probe.remove()
+    if scoring is not None:
+        scoring.arm(False)
+        scoring.remove()
+        caught = {layer: probe.caught for layer, probe in scoring.probes.items()}
 
         def scores():
-            probe.caught = dict(caught)
-            return probe.importance(None, s)
+            for layer, probe in scoring.probes.items():
+                probe.caught = dict(caught[layer])
+            return scoring.importance(None)
 
         score_s = median_seconds(scores)
         merge = lambda: merge_sequence(hidden, None, s.keep_start, s.keep_end, s.method, positions,  # noqa: E731

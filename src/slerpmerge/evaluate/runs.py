@@ -20,11 +20,10 @@ import torch
 from transformers import DynamicCache
 
 from ..compat import cache_kwargs
-from ..architecture import layer_types
 from ..patching import merged_lengths, merging
 from ..methods import METHODS
 from ..plan import plan_select
-from ..score import AttentionProbe
+from ..score import Scoring
 from ..settings import MergeSettings, label
 
 BASELINES = ("base", "truncate", "select")
@@ -70,22 +69,21 @@ def select(model, ids: torch.Tensor, s: dict) -> torch.Tensor:
     settings = MergeSettings.make(**{**s, "method": "prune"})
     cutoff = settings.cutoffs[0]
     layer = model.model.layers[cutoff]
-    sliding = layer_types(model.config)[cutoff] == "sliding_attention"
-    probe = AttentionProbe(layer, model.config, model.config.sliding_window if sliding else None)
+    scoring = Scoring(model.model.layers, model.config, settings, cutoff)
 
     def stop(module, args, output):
         raise _Stop
 
     handle = layer.register_forward_hook(stop)
-    probe.armed = True
+    scoring.arm(True)
     try:
         model.model(input_ids=ids, use_cache=False)
     except _Stop:
         pass
     finally:
         handle.remove()
-        probe.remove()
-    scores = probe.importance(None, settings)
+        scoring.remove()
+    scores = scoring.importance(None)
     plan = plan_select(torch.ones_like(ids, dtype=torch.bool), scores, settings.keep_start, settings.keep_end,
                        settings.options["target"])
     return ids.gather(1, plan.first)

@@ -27,7 +27,7 @@ from .. import methods
 from ..architecture import layer_types
 from ..merge import merge_sequence
 from ..score import Attended, spread
-from ..scorers import SCORERS, importance
+from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .rotary import FractionalRotary, fractional_supported
@@ -58,10 +58,11 @@ class Shortener:
             layer.self_attn.attn.get_kv_cache_spec = _whole_prompt_blocks(layer.self_attn.attn.get_kv_cache_spec,
                                                                           block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
-        scored_at = cutoff if s.score_layer is None else s.score_layer
-        self.scored_attn = layers[scored_at].self_attn.attn
+        self.terms = s.terms(cutoff)  # the rankings, each at its layer
+        self.scored_attn = {t.layer: layers[t.layer].self_attn.attn for t in self.terms}
         types = layer_types(hf_config)
-        self.window = hf_config.sliding_window if types[scored_at] == "sliding_attention" else None
+        self.windows = {t.layer: hf_config.sliding_window if types[t.layer] == "sliding_attention" else None
+                        for t in self.terms}
         self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
         self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
         self.step: dict = {}
@@ -70,7 +71,8 @@ class Shortener:
         model.register_forward_hook(self._after_model)
         layers[cutoff].register_forward_hook(self._after_cutoff)
         if self.method.scored:
-            self.scored_attn.register_forward_pre_hook(self._catch_qk)
+            for at, attn in self.scored_attn.items():
+                attn.register_forward_pre_hook(self._catch_qk(at))
         for layer in later:
             layer.register_forward_pre_hook(self._later_inputs, with_kwargs=True)
 
@@ -80,8 +82,12 @@ class Shortener:
         positions = kwargs["positions"] if "positions" in kwargs else args[1]
         self.step = {"positions": positions}  # (T,)
 
-    def _catch_qk(self, module, args):
-        self.step["qk"] = (args[0], args[1])  # (T, H·d), (T, H_kv·d): as the scoring layer attends with them
+    def _catch_qk(self, layer: int):
+        def hook(module, args):
+            # (T, H·d), (T, H_kv·d): as the scoring layer attends with them
+            self.step.setdefault("qk", {})[layer] = (args[0], args[1])
+
+        return hook
 
     def _layout(self):
         metadata = get_forward_context().attn_metadata
@@ -155,25 +161,29 @@ class Shortener:
                               s.ratio, scores=scores, target=s.target, protect=s.protect)
 
     def _scores(self, a: int, b: int) -> torch.Tensor:
-        """(1, P) the prompt's tokens scored at the cutoff by the setting's scorer, over the chosen heads of every
-        tensor-parallel rank."""
-        s, attn = self.settings, self.scored_attn
-        q_all, k_all = self.step["qk"]
+        """(1, P) the prompt's tokens scored by the setting's rankings (interleaved when it has two), over the chosen
+        heads of every tensor-parallel rank."""
+        scores = [self._term_scores(t, a, b) for t in self.terms]
+        return scores[0] if len(scores) == 1 else mixed(scores, None)
+
+    def _term_scores(self, term, a: int, b: int) -> torch.Tensor:
+        s, attn = self.settings, self.scored_attn[term.layer]
+        q_all, k_all = self.step["qk"][term.layer]
         n, d = b - a, attn.head_size
         mask = torch.ones(1, n, dtype=torch.bool, device=q_all.device)
         q = q_all[a:b].view(n, attn.num_heads, d).transpose(0, 1)[None]  # (1, H, P, d)
         k = k_all[a:b].view(n, attn.num_kv_heads, d).transpose(0, 1)[None]  # (1, H_kv, P, d)
-        attended = Attended(q, k, mask, attn.impl.scale, self.window, self.softcap)
-        options = s.options
+        attended = Attended(q, k, mask, attn.impl.scale, self.windows[term.layer], self.softcap)
+        radius = s.options["spread"]
         if self.tp_size == 1:
-            return importance(attended, options["score"], s.score_window, options["heads"], options["spread"])
+            return importance(attended, term.score, s.score_window, term.heads, radius)
         # this rank's query heads are a slice of the model's: sum the chosen ones across ranks
-        per_head = SCORERS[options["score"]](attended, s.score_window)  # (1, H_local, P)
+        per_head = SCORERS[term.score](attended, s.score_window)  # (1, H_local, P)
         local = range(self.tp_rank * attn.num_heads, (self.tp_rank + 1) * attn.num_heads)
-        chosen = options["heads"] if options["heads"] is not None else range(attn.num_heads * self.tp_size)
+        chosen = term.heads if term.heads is not None else range(attn.num_heads * self.tp_size)
         mine = [h - local.start for h in chosen if h in local]
         score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
-        return spread(score, options["spread"])
+        return spread(score, radius)
 
 
 def _whole_prompt_blocks(get_spec, block_size: int):
