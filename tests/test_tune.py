@@ -9,6 +9,7 @@ from tiny import tiny_model
 
 import slerpmerge
 from slerpmerge import tune
+from slerpmerge.methods import METHODS
 from slerpmerge.tune import candidates, search, stage_lengths
 
 
@@ -20,6 +21,12 @@ def test_every_candidate_patches():
             with slerpmerge.merging(model, **settings):
                 pass
     assert any(s.get("heads") == [1, 2] and s["layer_cutoff"] == 14 for s in candidates(30, True, {14: [1, 2]}))
+    mix = {"score": "keynorm", "layer": 1, "heads": [0]}
+    mixed = [s for s in candidates(4, heads=heads, mixes={c: mix for c in range(4)}) if "mix" in s]
+    assert mixed and all(METHODS[s["method"]].scored and s["heads"] == heads[s["layer_cutoff"]] for s in mixed)
+    for settings in mixed:
+        with slerpmerge.merging(model, **settings):
+            model(torch.randint(3, 128, (1, 40)))
 
 
 @pytest.mark.parametrize("setting", [dict(layer_cutoff=1), dict(layer_cutoff=[0, 2], keep_end=3),

@@ -72,6 +72,16 @@ def choose_heads(scores: list[torch.Tensor], items, count: int, radius: int) -> 
     return sorted(per_head.float().median(1).values.argsort()[:count].tolist())
 
 
+def best_layers(scores: list[list[torch.Tensor]], items, count: int, radius: int) -> list[tuple[float, list[int]]]:
+    """Per layer: the `count` heads that rank the facts best there, and the median fact rank they give."""
+    out = []
+    for layer in range(len(scores[0])):
+        at = [s[layer] for s in scores]
+        heads = choose_heads(at, items, count, radius)
+        out.append((float(ranks_by(at, items, heads, radius).float().median()), heads))
+    return out
+
+
 def table(scores: list[list[torch.Tensor]], items, count: int, radius: int) -> list[dict]:
     """Per layer: heads chosen on the first half of the items; on the second half, the fact's rank by all heads
     and by the chosen ones (median and worst)."""

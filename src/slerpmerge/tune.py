@@ -3,8 +3,10 @@ retrieval tasks at or above their targets.
 
 Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with exact recent windows
 of 32, 128 and 256 tokens (the longest keeps prose at 2x, docs/later.md; quick: the first two); scored methods with
-all heads and with the heads `calibrate` chooses for their cutoff. Speed is the ideal speedup at the retrieval
-length (the measured speedup follows it closely, docs/benchmarks.md, and is far noisier on a few windows).
+all heads, with the heads `calibrate` chooses for their cutoff, and with those and a `mix`: the key norms of the
+layer at or before the cutoff whose heads rank facts best with their question cut off (docs/later.md). Speed is the
+ideal speedup at the retrieval length (the measured speedup follows it closely, docs/benchmarks.md, and is far
+noisier on a few windows).
 Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first that meets
 both targets is chosen. Calibration, tuning and `eval` use different items (seeds 2, 1 and 0).
 """
@@ -30,9 +32,11 @@ from .settings import MergeSettings, cutoff_grid, label
 SCORED = dict(window=8, spread=8)  # what `calibrate` found best on SmolLM2 (docs/results.md)
 
 
-def candidates(num_layers: int, quick: bool = False, heads: dict | None = None) -> list[dict]:
+def candidates(num_layers: int, quick: bool = False, heads: dict | None = None,
+               mixes: dict | None = None) -> list[dict]:
     """Every method's `tune` options at cutoffs across the depth and two recent windows, and two-stage merges;
-    scored methods also with each cutoff's calibrated heads (``heads``: cutoff -> heads)."""
+    scored methods also with each cutoff's calibrated heads (``heads``: cutoff -> heads), and with those and a mix
+    (``mixes``: cutoff -> a second ranking for it)."""
     fractions = (0.25, 0.5, 0.75) if quick else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     cuts = [c for c in cutoff_grid(num_layers, fractions) if 0 < c < num_layers - 1]
     out = []
@@ -45,6 +49,8 @@ def candidates(num_layers: int, quick: bool = False, heads: dict | None = None) 
                         s.update(SCORED)
                         if heads and c in heads:
                             out.append({**s, "heads": list(heads[c])})
+                            if mixes and c in mixes:
+                                out.append({**s, "heads": list(heads[c]), "mix": mixes[c]})
                     out.append(s)
         for i, c1 in enumerate(cuts):
             for c2 in cuts[i + 1:]:
@@ -145,7 +151,14 @@ def run(args) -> dict:
     scores = calibrate.head_scores(model, calibration, SCORED["window"], question_free=later)
     heads = {c: calibrate.choose_heads([s[c] for s in scores], calibration, args.heads, SCORED["spread"])
              for c in range(layers)}
-    settings = candidates(layers, q, heads)
+    # a mix for each cutoff: the layer at or before it whose key norms rank the facts best without their question
+    by_norm = calibrate.best_layers(calibrate.head_scores(model, calibration, SCORED["window"], "keynorm", True),
+                                    calibration, args.heads, SCORED["spread"])
+    mixes = {}
+    for c in range(layers):
+        at = min(range(c + 1), key=lambda i: by_norm[i][0])
+        mixes[c] = {"score": "keynorm", "layer": at, "heads": by_norm[at][1]}
+    settings = candidates(layers, q, heads, mixes)
     with tqdm(total=len(settings), desc="tune", unit="setting") as bar:
         chosen, tried = search(model, tokenizer, prose, items, settings, args.target_agreement,
                                args.target_retrieval, rlength, bar, args.shape)
