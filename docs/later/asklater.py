@@ -28,6 +28,7 @@ from slerpmerge.compat import cache_kwargs
 from slerpmerge.evaluate.corpus import read_texts, token_stream
 from slerpmerge.evaluate.shapes import answer, shaped
 from slerpmerge.evaluate.tasks import TASKS, correct
+from slerpmerge.methods import METHODS
 from slerpmerge.models import BUILTINS, load
 from slerpmerge.settings import label
 
@@ -85,8 +86,8 @@ def main() -> None:
     done = {(r.get("task", "once"), r["shape"], r["length"], r["method"], r["item"])
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     for shape in args.shapes.split(","):
-        methods = [{"name": "base"}] + [{"name": f"slerpmerge {n}", "patch": s, "setting": label(s)}
-                                        for n, s in settings]
+        methods = [{"name": "base"}] + [{"name": f"slerpmerge {n}" if s["method"] in METHODS else n, "patch": s,
+                                         "setting": label(s)} for n, s in settings]
         if shape == "later" and pressed is not None:
             context = items[0].context
             ratio = round(1 - kv_fraction(model, settings[0][1], context), 3)
