@@ -35,7 +35,8 @@ gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
     --tasks once,facts --task-lengths 2048 --task-items 24
 }
 
-# 2. Quality, one thread per process (two ran at a time).
+# 2. Quality, one thread per process (two ran at a time). SmolLM2's settings files end with its default as it is
+# now (guided @14 with a mix), measured after the others; its speed pass is docs/later.md's (speed-mix-smollm2-135m).
 smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
