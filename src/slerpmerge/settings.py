@@ -127,9 +127,10 @@ def check_options(method: str, options: dict) -> dict:
     if mix is not None and (not isinstance(mix, dict) or set(mix) - set(MIX_KEYS) or mix.get("score") not in SCORERS):
         raise ValueError(f"mix is a second ranking: {{'score': one of {', '.join(SCORERS)}, 'layer': a layer index, "
                          f"'heads': query heads}} (layer and heads optional); got {mix!r}")
+    counts = {**given, "mix layer": (mix or {}).get("layer")}
     for name, least, what in (("window", 1, "a number of tokens"), ("spread", 0, "a number of tokens"),
                               ("score_layer", 0, "a layer index"), ("mix layer", 0, "a layer index")):
-        value = (mix or {}).get("layer") if name == "mix layer" else given.get(name)
+        value = counts.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ValueError(f"{name} is {what} >= {least}, got {value!r}")
     return {**m.options, **given}
