@@ -66,3 +66,12 @@ def test_settings_with_a_mix_hash_by_value():
     a, b = MergeSettings.make(14, method="guided", mix=mix), MergeSettings.make(14, method="guided", mix=dict(mix))
     assert a == b and hash(a) == hash(b)
     assert hash(a) != hash(MergeSettings.make(14, method="guided", mix={**mix, "layer": 3}))
+
+
+def test_terms_are_the_rankings_a_setting_reads():
+    from slerpmerge.settings import Term
+
+    assert MergeSettings.make(5).terms(5) == []  # slerp ranks nothing
+    assert MergeSettings.make(5, method="prune").terms(5) == [Term("last", 5, None)]
+    s = MergeSettings.make(5, method="guided", score_layer=3, heads=[1], mix={"score": "keynorm", "heads": [0, 2]})
+    assert s.terms(5) == [Term("last", 3, (1,)), Term("keynorm", 3, (0, 2))]  # the mix's layer: the score layer's

@@ -58,7 +58,10 @@ class MergeSettings:
         return self.window or self.keep_end or 32
 
     def terms(self, cutoff: int) -> list["Term"]:
-        """The rankings a scored setting keeps tokens by at ``cutoff``: its own, and its `mix` if it has one."""
+        """The rankings a scored setting keeps tokens by at ``cutoff``: its own, and its `mix` if it has one (none for
+        a method that does not score)."""
+        if not methods.get(self.method).scored:
+            return []
         o = self.options
         own = Term(o["score"], cutoff if o["score_layer"] is None else o["score_layer"], o["heads"])
         mix = o["mix"]
@@ -158,7 +161,7 @@ def check_settings(s: MergeSettings, num_layers: int, num_heads: int) -> None:
     if s.mix is not None and (len(cutoffs) > 1 or s.mix.get("layer", 0) > cutoffs[0]):
         raise ValueError(f"mix ranks tokens for one cutoff, at a layer at or before it: in 0..{cutoffs[0]} with one "
                          f"layer_cutoff; got layer {s.mix.get('layer')} with {cutoff_label(s.layer_cutoff)}")
-    for term in s.terms(cutoffs[0]) if methods.get(s.method).scored else ():
+    for term in s.terms(cutoffs[0]):
         if term.heads is not None and (not term.heads or any(isinstance(h, bool) or not isinstance(h, int)
                                                              or not 0 <= h < num_heads for h in term.heads)):
             raise ValueError(f"heads are query heads in 0..{num_heads - 1}; got {list(term.heads)!r}")
