@@ -40,6 +40,10 @@ gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
 smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
+# Gemma's items again as its tokenizer begins them (<bos> first, which eval now adds), into their own folder:
+$S eval --model gemma3-270m --threads 2 --speed-runs 0 --out $R/gemma3-270m-bos \
+  --settings $R/gemma3-270m/settings-tasks.jsonl --lengths 1024 --windows 16 --gen-tokens 8 \
+  --tasks once,facts --task-lengths 2048 --task-items 24
 
 # 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once and twice, 24 items each; then its speed pass.
 moon() {
