@@ -85,5 +85,5 @@ def _slerp(x: torch.Tensor, gram: torch.Tensor, t: float | torch.Tensor, no_zero
 
 
 def _within(x: torch.Tensor, lo: float, hi: float) -> bool:
-    smallest, largest = x.aminmax()
+    smallest, largest = x.detach().aminmax()
     return lo < float(smallest) and float(largest) < hi
