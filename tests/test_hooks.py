@@ -182,3 +182,37 @@ def test_half_precision_stays_finite():
     with slerpmerge.merging(m, layer_cutoff=0):
         out = m(ids, attention_mask=mask).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def _saved_with_tokenizer(tmp_path, adds_bos: bool):
+    """A tiny Llama saved beside a tokenizer that does (or does not) begin every text with <s> (id 1)."""
+    from tiny import tiny_tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    if adds_bos:
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tiny_model().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(tmp_path, adds_bos):
+    import warnings
+
+    model = _saved_with_tokenizer(tmp_path, adds_bos)
+    slerpmerge.patch(model, layer_cutoff=1, method="slerp", keep_start=1)
+    with_bos = torch.tensor([[0, 0, 1, *range(3, 40)], [1, *range(3, 42)]])
+    mask = (with_bos != 0).long()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(with_bos, attention_mask=mask)  # left-padded rows that begin with <s> after their padding
+    without = torch.tensor([list(range(3, 43))])
+    if adds_bos:
+        with pytest.warns(UserWarning, match=r"beginning-of-sequence token \(id 1\)"):
+            model(without)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(without)  # once per patch, and never where the tokenizer adds no <s>

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from . import compat
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
@@ -40,3 +42,25 @@ def check_model(model) -> None:
     unknown = set(layer_types(config)) - set(compat.MASK_FUNCTIONS)
     if unknown:
         raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(compat.MASK_FUNCTIONS)}")
+
+
+def leading_bos(model) -> int | None:
+    """The beginning-of-sequence id the model's own tokenizer puts first, or None where it adds none or is not
+    at hand offline. A shortened model leans on its first tokens as an attention sink; without the token it was
+    trained to begin with they are no sink, and far facts go (docs/later.md)."""
+    return _leading_bos(str(getattr(model, "name_or_path", "") or ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _leading_bos(path: str) -> int | None:
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:  # no tokenizer beside the weights, or none cached: nothing to check against
+        return None
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a").input_ids
+    return bos if bos is not None and ids[:1] == [bos] else None
