@@ -30,6 +30,14 @@ def test_windows_are_exact_distinct_and_seeded():
         windows(stream, 1000, 11)
 
 
+def test_windows_begin_as_the_tokenizer_begins_a_text():
+    stream = torch.arange(10, 10_000)
+    ws = windows(stream, 128, 20, seed=3, start=torch.tensor([1]))
+    assert all(w.numel() == 128 and int(w[0]) == 1 for w in ws)  # <bos>, then 127 tokens of the stream
+    assert all(torch.equal(w[1:], torch.arange(int(w[1]), int(w[1]) + 127)) for w in ws)
+    assert len({int(w[1]) for w in ws}) == 20
+
+
 def test_read_texts(tmp_path):
     assert sum(len(t) for t in default_texts()) > 300_000
     (tmp_path / "a.txt").write_text("hello")

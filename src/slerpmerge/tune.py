@@ -20,7 +20,7 @@ import torch
 
 from . import calibrate
 from .bench.ideal import ideal_speedup
-from .evaluate.corpus import read_texts, token_stream, windows
+from .evaluate.corpus import begin, read_texts, token_stream, windows
 from .evaluate.runs import check
 from .evaluate.shapes import SHAPES, answer, shaped
 from .evaluate.tasks import TASKS, correct
@@ -142,7 +142,7 @@ def run(args) -> dict:
     length, count = args.length or (256 if q else 1024), args.windows or (8 if q else 24)
     rlength, n_items = args.retrieval_length or (512 if q else 2048), args.items or (4 if q else 8)
     stream = token_stream(tokenizer, read_texts(args.corpus))
-    prose = windows(stream, length, count, args.seed)
+    prose = windows(stream, length, count, args.seed, begin(tokenizer))
     items = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed)]
     calibration = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed + 1)]
     later = args.shape == "later"

@@ -51,10 +51,20 @@ def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def windows(stream: torch.Tensor, length: int, count: int, seed: int = 0) -> list[torch.Tensor]:
-    """`count` windows of exactly `length` tokens from distinct, non-overlapping places, chosen by `seed`."""
-    slots = stream.numel() // length
+def begin(tokenizer) -> torch.Tensor:
+    """The special tokens the tokenizer puts before a text (its BOS token, or none): every prompt starts so."""
+    ids = tokenizer("").input_ids
+    return torch.tensor(ids[:1] if ids and ids[0] == tokenizer.bos_token_id else [], dtype=torch.long)
+
+
+def windows(stream: torch.Tensor, length: int, count: int, seed: int = 0,
+            start: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`count` windows of exactly `length` tokens from distinct, non-overlapping places, chosen by `seed`; each
+    begins with ``start`` (`begin`'s tokens) and continues with the stream."""
+    start = start if start is not None else stream[:0]
+    body = length - start.numel()
+    slots = stream.numel() // body
     if slots < count:
         raise ValueError(f"the corpus holds {stream.numel()} tokens: too few for {count} windows of {length}")
     chosen = sorted(random.Random(seed).sample(range(slots), count))
-    return [stream[s * length:(s + 1) * length] for s in chosen]
+    return [torch.cat([start, stream[s * body:(s + 1) * body]]) for s in chosen]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .corpus import token_stream, windows
+from .corpus import begin, token_stream, windows
 from .metrics import match_rate, next_token_metrics
 from .runs import generate, key
 from .shapes import answer, shaped
@@ -67,7 +67,7 @@ def sweep(model_name: str, model, tokenizer, texts: list[str], out: Path, settin
             progress.update(1)
 
     for length in lengths:
-        for i, ids in enumerate(windows(stream, length, n_windows, seed)):
+        for i, ids in enumerate(windows(stream, length, n_windows, seed, begin(tokenizer))):
             ids = ids[None]
             todo = [s for s in others if not results.has(model=model_name, kind="next_token", length=length, item=i,
                                                          setting=key(s))]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import long_document
+from .corpus import begin
 
 # Questions about the embedded document (src/slerpmerge/data/document.txt) and the strings that answer them.
 QUESTIONS = [
@@ -80,12 +81,6 @@ def _stating(tokenizer, text: str, answers: tuple[str, ...]) -> tuple[torch.Tens
     return torch.tensor(enc["input_ids"]), places
 
 
-def _begin(tokenizer) -> torch.Tensor:
-    """The special tokens the tokenizer puts before a text (its BOS token, or none)."""
-    ids = tokenizer("").input_ids
-    return torch.tensor(ids[:1] if ids and ids[0] == tokenizer.bos_token_id else [], dtype=torch.long)
-
-
 def _place(pieces: list[torch.Tensor], depths: list[float], ask: torch.Tensor, filler_ids: torch.Tensor,
            length: int, offset: int, begin: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """`begin`, then filler of `length` tokens in all with each piece inserted at its depth and `ask` at the end (the
@@ -122,7 +117,7 @@ def _stated(tokenizer, kind: str, length: int, count: int, seed: int, filler_ids
         offset = rng.randrange(max(1, filler_ids.numel()))
         piece, places = _stating(tokenizer, fact, (secret,))
         ask_ids = _encode(tokenizer, ask)
-        ids, (at,) = _place([piece], [depth], ask_ids, filler_ids, length, offset, _begin(tokenizer))
+        ids, (at,) = _place([piece], [depth], ask_ids, filler_ids, length, offset, begin(tokenizer))
         items.append(Item(kind, ids[None], (secret,), depth, _shift(places, at), ask_ids.numel()))
     return items
 
@@ -157,7 +152,7 @@ def facts_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, se
         ask = _encode(tokenizer, f"\nWhat is the code for the {doors[asked]} door? The code for the "
                                  f"{doors[asked]} door is")
         offset = rng.randrange(max(1, filler_ids.numel()))
-        ids, spans = _place(pieces, spread, ask, filler_ids, length, offset, _begin(tokenizer))
+        ids, spans = _place(pieces, spread, ask, filler_ids, length, offset, begin(tokenizer))
         items.append(Item("facts", ids[None], (codes[asked],), spread[asked], _shift(stated[asked][1], spans[asked]),
                           ask.numel()))
     return items
@@ -174,7 +169,7 @@ def qa_items(tokenizer, filler_ids: torch.Tensor, length: int, count: int, seed:
         ask = _encode(tokenizer, f"\nQuestion: {question}\nAnswer:")
         offset = rng.randrange(max(1, filler_ids.numel()))
         doc, places = _stating(tokenizer, "\n" + long_document() + "\n", answers)
-        ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset, _begin(tokenizer))
+        ids, (at,) = _place([doc], [depth], ask, filler_ids, length, offset, begin(tokenizer))
         items.append(Item("qa", ids[None], answers, depth, _shift(places, at), ask.numel()))
     return items
 
