@@ -11,7 +11,8 @@ import slerpmerge
 from slerpmerge.architecture import layer_types
 from slerpmerge.merge import merge_sequence
 from slerpmerge.score import AttentionProbe
-from slerpmerge.scorers import SCORERS, heavy, importance, mixed
+from slerpmerge.score import Attended
+from slerpmerge.scorers import SCORERS, expected, heavy, importance, last, mixed
 from slerpmerge.settings import check_options
 
 LENGTHS = [22, 15, 4]
@@ -71,6 +72,39 @@ def test_keynorm_is_minus_the_norm_of_each_key(arch):
         torch.testing.assert_close(got[:, h], want[:, h // group], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
+def test_expected_from_one_query_is_that_querys_attention(arch):
+    """With one recent query there is no spread: the expectation is the attention that query pays (`last`), with
+    left padding and sliding windows."""
+    model = tiny_model(arch)
+    ids, mask = ids_and_mask(LENGTHS)
+    probe = probe_on(model, 0)
+    probe.armed = True
+    model(ids, attention_mask=mask)
+    a = probe.attended(mask.bool())
+    probe.remove()
+    torch.testing.assert_close(expected(a, 1), last(a, 1), atol=1e-6, rtol=1e-5)
+    wide = expected(a, 6)
+    assert torch.isfinite(wide).all() and not torch.allclose(wide, last(a, 1))
+    torch.testing.assert_close(wide.sum(-1), torch.ones_like(wide[..., 0]))
+
+
+def test_expected_is_the_mean_attention_of_gaussian_queries():
+    """Against sampling: queries drawn from a Gaussian, each key's mean exp(s q.k), normalised over the keys."""
+    torch.manual_seed(0)
+    d, n, scaling = 4, 200_000, 0.5
+    mean, root = torch.randn(d) * 0.5, torch.randn(d, d) * 0.4
+    queries = mean + torch.randn(n, d) @ root.T  # (n, d)
+    probes = torch.randn(6, d)  # the keys asked about; the queries' own keys are far smaller, so count little
+    keys = torch.cat([probes, torch.randn(n, d) * 1e-3])
+    a = Attended(queries=torch.cat([torch.zeros(6, d), queries])[None, None], keys=keys[None, None],
+                 mask=torch.ones(1, n + 6, dtype=torch.bool), scaling=scaling, window=None, softcap=None)
+    got = expected(a, n)[0, 0, :6]
+    sampled = torch.exp(scaling * queries.double() @ probes.double().T).mean(0)  # (6,)
+    torch.testing.assert_close((got / got[0]).double(), sampled / sampled[0], rtol=0.03, atol=0)
+
+
 def test_importance_pools_the_chosen_heads_then_spreads():
     torch.manual_seed(0)
     a = type("A", (), {"mask": torch.ones(2, 9, dtype=torch.bool)})()
@@ -123,7 +157,7 @@ def test_scorers_choose_different_tokens():
 
 def test_bad_scores_are_refused():
     assert check_options("guided", {})["score"] == "last"
-    with pytest.raises(ValueError, match="score must be one of last, heavy, keynorm; got 'question'"):
+    with pytest.raises(ValueError, match="score must be one of last, heavy, keynorm, expected; got 'question'"):
         check_options("guided", {"score": "question"})
     with pytest.raises(ValueError, match="score applies to method guided, guided-mean, prune, not slerp"):
         check_options("slerp", {"score": "heavy"})

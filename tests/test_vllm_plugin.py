@@ -125,6 +125,8 @@ SETTINGS = {
     "prune": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8),
     "drop-reindex": dict(layer_cutoff=1, method="drop", keep_start=4, keep_end=8, positions="reindex"),
     "heavy": dict(layer_cutoff=1, method="prune", score="heavy", keep_start=4, keep_end=8, target=0.5),
+    "expected": dict(layer_cutoff=1, method="prune", score="expected", keep_start=4, keep_end=8, target=0.5,
+                     window=8),
     "keynorm-earlier": dict(layer_cutoff=2, method="guided", score="keynorm", score_layer=0, keep_start=4,
                             keep_end=8, target=0.25, heads=[2], spread=2),
     "mix": dict(layer_cutoff=2, method="guided", keep_start=4, keep_end=8, target=0.25, window=8, heads=[1, 3],

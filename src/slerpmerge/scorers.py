@@ -8,6 +8,8 @@ layer (or the setting's `score_layer`) attends with, each giving every query hea
               context kept coming back to
     keynorm   the negated norm of each token's key: keys with small norms draw attention from most queries (no
               attention computed at all)
+    expected  the attention expected from the queries still to come, modelled as a Gaussian fitted to the last
+              `window` real queries (the idea of kvpress's expected-attention press, at the cutoff)
 
 Each returns (B, H, S); `importance` averages the chosen heads and spreads the score to each token's neighbours. A
 setting with a `mix` ranks twice (say `last` at the cutoff and `keynorm` at layer 2) and `mixed` interleaves the two
@@ -62,7 +64,32 @@ def keynorm(a: Attended, window: int) -> torch.Tensor:
     return -norms.repeat_interleave(a.queries.shape[1] // a.keys.shape[1], 1)
 
 
-SCORERS: dict[str, Callable[[Attended, int], torch.Tensor]] = {"last": last, "heavy": heavy, "keynorm": keynorm}
+def expected(a: Attended, window: int) -> torch.Tensor:
+    """The attention a query drawn from the last `window` real queries' Gaussian (their mean and covariance) pays
+    each token, in expectation: E[exp(s q.k)] = exp(s mu.k + s^2 k'Sigma k / 2). The recent queries stand in for
+    the queries still to come, so no question is needed."""
+    index, valid = last_real(a.mask, min(window, a.mask.shape[1]))
+    heads, dim = a.queries.shape[1], a.queries.shape[-1]
+    q = a.queries.gather(2, index[:, None, :, None].expand(-1, heads, -1, dim)).float()  # (B, H, W, d)
+    w = valid.float()[:, None, :, None]  # (B, 1, W, 1)
+    n = w.sum(2, keepdim=True)  # (B, 1, 1, 1)
+    mean = (q * w).sum(2, keepdim=True) / n  # (B, H, 1, d)
+    centred = (q - mean) * w  # (B, H, W, d)
+    sigma = centred.transpose(-1, -2) @ centred / n  # (B, H, d, d)
+    keys = a.keys.float().repeat_interleave(heads // a.keys.shape[1], 1)  # (B, H, S, d)
+    spread_ = ((keys @ sigma) * keys).sum(-1)  # (B, H, S): k' Sigma k
+    logits = (keys @ mean.transpose(-1, -2))[..., 0] * a.scaling + spread_ * a.scaling ** 2 / 2
+    if a.softcap:
+        logits = torch.tanh(logits / a.softcap) * a.softcap
+    seen = a.mask.clone()
+    if a.window is not None:  # a sliding layer's later queries see only its last `window` tokens
+        places = torch.arange(a.mask.shape[1], device=a.mask.device)
+        seen &= places > index[:, -1:] - a.window
+    return torch.softmax(logits.masked_fill(~seen[:, None], -torch.inf), dim=-1)
+
+
+SCORERS: dict[str, Callable[[Attended, int], torch.Tensor]] = {"last": last, "heavy": heavy, "keynorm": keynorm,
+                                                                 "expected": expected}
 
 
 def importance(a: Attended, scorer: str, window: int, heads: Sequence[int] | None, radius: int) -> torch.Tensor:

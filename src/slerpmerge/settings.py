@@ -230,8 +230,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float, help="pair methods: merge only this fraction of pairs")
     g.add_argument("--target", type=float, help="scored methods: fraction of tokens left after the cutoff")
     g.add_argument("--protect", type=float, help="guided methods: share of those kept exact")
-    g.add_argument("--score", choices=list(SCORERS), help="scored methods: how tokens are ranked ('keynorm' and "
-                   "'heavy' need no question: for a context asked about later, docs/later.md)")
+    g.add_argument("--score", choices=list(SCORERS), help="scored methods: how tokens are ranked ('keynorm', "
+                   "'heavy' and 'expected' need no question: for a context asked about later, docs/later.md)")
     g.add_argument("--score-layer", type=int, help="scored methods: rank tokens at this layer (default: the cutoff)")
     g.add_argument("--mix", type=mix_term, help="scored methods: a second ranking that shares the kept tokens, "
                    "SCORE[@LAYER][:HEADS], e.g. keynorm@2:0 (docs/later.md)")
