@@ -289,3 +289,27 @@ def test_server_answers_refuses_bad_requests_and_keeps_serving(tmp_path):
 def test_a_bad_setting_or_engine_flag_fails_at_engine_start_with_a_clear_error(folders, settings, extra, message):
     with pytest.raises(Exception, match=message):
         start(folders["llama"], settings, **extra)
+
+
+def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(folders, tmp_path, caplog):
+    """As `patch` does: the engine reads the tokenizer beside the weights, which here begins every text with <s>."""
+    import shutil
+
+    from tiny import tiny_tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    folder = tmp_path / "llama-bos"
+    shutil.copytree(folders["llama"], folder)
+    tokenizer = tiny_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.save_pretrained(folder)
+    llm = start(folder, SETTINGS["guided"])
+    ids = prompts()
+    with caplog.at_level("WARNING", logger="slerpmerge"):
+        run_staggered(llm, [[1, *p] for p in ids])
+        assert "beginning-of-sequence" not in caplog.text
+        run_staggered(llm, ids)
+        assert caplog.text.count("beginning-of-sequence token (id 1)") == 1
+        run_staggered(llm, ids)
+        assert caplog.text.count("beginning-of-sequence token (id 1)") == 1
+    close(llm)

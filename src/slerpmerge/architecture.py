@@ -44,15 +44,12 @@ def check_model(model) -> None:
         raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(compat.MASK_FUNCTIONS)}")
 
 
-def leading_bos(model) -> int | None:
-    """The beginning-of-sequence id the model's own tokenizer puts first, or None where it adds none or is not
-    at hand offline. A shortened model leans on its first tokens as an attention sink; without the token it was
-    trained to begin with they are no sink, and far facts go (docs/later.md)."""
-    return _leading_bos(str(getattr(model, "name_or_path", "") or ""))
-
-
 @functools.lru_cache(maxsize=8)
-def _leading_bos(path: str) -> int | None:
+def leading_bos(path: str) -> int | None:
+    """The beginning-of-sequence id that the tokenizer saved at ``path`` (a model's folder, or a name in the local
+    cache) puts first, or None where it adds none or none is at hand offline. A shortened model leans on its first
+    tokens as an attention sink; without the token it was trained to begin with they are no sink, and far facts
+    go (docs/later.md)."""
     if not path:
         return None
     from transformers import AutoTokenizer
@@ -64,3 +61,8 @@ def _leading_bos(path: str) -> int | None:
     bos = tokenizer.bos_token_id
     ids = tokenizer("a").input_ids
     return bos if bos is not None and ids[:1] == [bos] else None
+
+
+NO_BOS = ("a prompt does not begin with the beginning-of-sequence token (id {bos}) that this model's tokenizer "
+          "adds: its first tokens are then no attention sink and shortening loses far more; tokenize with the "
+          "tokenizer's special tokens")

@@ -26,7 +26,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from . import methods
-from .architecture import layer_types, leading_bos
+from .architecture import NO_BOS, layer_types, leading_bos
 from .compat import Api, UnknownTransformers
 from .merge import merge_sequence
 from .score import Scoring
@@ -121,7 +121,7 @@ class Merger:
         self.prompt_len = 0  # S, the prompt's length before any merge
         self.since_prompt = 0  # tokens fed since the prompt (counted: a compressed cache would under-count them)
         self.right_padded = False
-        self.bos = leading_bos(model)  # warned about once, then None
+        self.bos = leading_bos(str(getattr(model, "name_or_path", "") or ""))  # warned about once, then None
 
     def snapshot(self) -> dict:
         """What the last prefill left for its decode steps, for `resume` to continue a copy of its cache."""
@@ -170,9 +170,7 @@ class Merger:
     def _check_bos(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         first = ids[:, 0] if mask is None else ids.gather(1, mask.int().argmax(1, keepdim=True))[:, 0]  # (B,)
         if bool((first != self.bos).any()):
-            warnings.warn(f"a prompt does not begin with the beginning-of-sequence token (id {self.bos}) that this "
-                          "model's tokenizer adds: its first tokens are then no attention sink and shortening loses "
-                          "far more; tokenize with the tokenizer's special tokens", stacklevel=4)
+            warnings.warn(NO_BOS.format(bos=self.bos), stacklevel=4)
             self.bos = None
 
     def _after_decoder(self, module, args, output):

@@ -15,6 +15,7 @@ The math (scores, plans, merges) is slerpmerge's one implementation; this module
 from __future__ import annotations
 
 import importlib
+import logging
 
 import torch
 from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size,
@@ -24,13 +25,16 @@ from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
 from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec, replace_as
 
 from .. import methods
-from ..architecture import layer_types
+from ..architecture import NO_BOS, layer_types, leading_bos
 from ..merge import merge_sequence
 from ..score import Attended, spread
 from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .rotary import FractionalRotary, fractional_supported
+
+log = logging.getLogger(__name__)
+
 
 class Shortener:
     """The hooks on one vLLM model, and what one step carries from the cutoff to the decoder's end."""
@@ -66,6 +70,7 @@ class Shortener:
         self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
         self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
         self.step: dict = {}
+        self.bos = leading_bos(str(vllm_config.model_config.tokenizer or ""))  # warned about once, then None
         # On the model, not its decoder: vLLM's compile decorator calls the decoder's forward directly, past hooks.
         model.register_forward_pre_hook(self._before_model, with_kwargs=True)
         model.register_forward_hook(self._after_model)
@@ -80,7 +85,8 @@ class Shortener:
 
     def _before_model(self, module, args, kwargs):
         positions = kwargs["positions"] if "positions" in kwargs else args[1]
-        self.step = {"positions": positions}  # (T,)
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0] if args else None
+        self.step = {"positions": positions, "ids": ids}  # (T,) each
 
     def _catch_qk(self, layer: int):
         def hook(module, args):
@@ -101,6 +107,9 @@ class Shortener:
             return None
         step = self.step
         positions = step["positions"]
+        if self.bos is not None and step["ids"] is not None:
+            first = layout.query_start[:-1].to(positions.device)  # (N,) each request's first row in this step
+            self._check_bos(step["ids"][first][positions[first] == 0])
         for name in self.later_names:  # the later layers write their K/V at the short rows' slots
             get_forward_context().slot_mapping[name] = layout.slots.to(positions.device)
         if self.settings.positions == "reindex":
@@ -153,6 +162,12 @@ class Shortener:
         return output.index_select(0, owner)  # (T', D) -> (T, D)
 
     # -- one prompt -----------------------------------------------------------------------------------------------
+
+    def _check_bos(self, first: torch.Tensor) -> None:
+        """``first`` (N,): the first token of each prompt that begins in this step."""
+        if bool((first != self.bos).any()):
+            log.warning(NO_BOS.format(bos=self.bos))
+            self.bos = None
 
     def _merge(self, rows: torch.Tensor, positions: torch.Tensor, a: int, b: int):
         s = self.settings
