@@ -107,9 +107,9 @@ class Shortener:
             return None
         step = self.step
         positions = step["positions"]
-        if self.bos is not None and step["ids"] is not None:
-            first = layout.query_start[:-1].to(positions.device)  # (N,) each request's first row in this step
-            self._check_bos(step["ids"][first][positions[first] == 0])
+        if self.bos is not None and step["ids"] is not None and bool(layout.prompt.any()):  # CPU: no sync on decode
+            first = layout.query_start[:-1][layout.prompt].to(positions.device)  # (N,) each prompt's first row
+            self._check_bos(step["ids"][first])
         for name in self.later_names:  # the later layers write their K/V at the short rows' slots
             get_forward_context().slot_mapping[name] = layout.slots.to(positions.device)
         if self.settings.positions == "reindex":
@@ -164,7 +164,7 @@ class Shortener:
     # -- one prompt -----------------------------------------------------------------------------------------------
 
     def _check_bos(self, first: torch.Tensor) -> None:
-        """``first`` (N,): the first token of each prompt that begins in this step."""
+        """``first`` (N,): the first token of each prompt in this step (a prompt arrives whole)."""
         if bool((first != self.bos).any()):
             log.warning(NO_BOS.format(bos=self.bos))
             self.bos = None
