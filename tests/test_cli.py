@@ -29,7 +29,7 @@ def test_help(sub):
 def test_generate_compare_json_with_cutoff_at_last_layer():
     proc = run("generate", "--compare", "--json", "--max-new-tokens", "8", "--layer-cutoff", "29")
     result = json.loads(proc.stdout)
-    for key in ("model", "layer_cutoff", "prompt_tokens", "speedup_prefill", "agreement"):
+    for key in ("model", "layer_cutoff", "prompt_tokens", "speedup_prefill", "same_tokens"):
         assert key in result
     for side in ("base", "merged"):
         for key in ("text", "prefill_s", "total_s", "tokens_per_s"):
@@ -37,7 +37,8 @@ def test_generate_compare_json_with_cutoff_at_last_layer():
         assert result[side]["prefill_s"] > 0
     assert result["model"] == "smollm2-135m" and result["layer_cutoff"] == 29
     assert result["prompt_tokens"] > 500  # the embedded long document
-    assert result["agreement"] == 1.0 and result["base"]["text"] == result["merged"]["text"]
+    assert result["same_tokens"] == result["base"]["new_tokens"] > 0
+    assert result["base"]["text"] == result["merged"]["text"]
 
 
 def test_prompt_from_stdin_file_and_config(tmp_path):
@@ -58,7 +59,7 @@ def test_prompt_from_stdin_file_and_config(tmp_path):
 def test_generate_prints_both_answers_and_figures():
     out = run("generate", "The capital of France is", "--no-chat", "--compare", "--max-new-tokens", "6").stdout
     assert "--- base ---" in out and f"--- merged ({label(BUILTINS['smollm2-135m'].defaults)}) ---" in out
-    assert "prefill speedup" in out and "agree with the base model" in out
+    assert "prefill speedup" in out and "generated tokens equal" in out
 
 
 @pytest.mark.parametrize("args,message", [

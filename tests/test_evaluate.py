@@ -15,6 +15,7 @@ from slerpmerge.evaluate import speed_sweep, summarise, sweep
 from slerpmerge.evaluate.corpus import default_texts, read_texts, token_stream, windows
 from slerpmerge.evaluate.metrics import bootstrap, match_rate, next_token_metrics, wilson
 from slerpmerge.evaluate.runs import check, select, truncate
+from slerpmerge.evaluate.sweep import Results, read_rows
 from slerpmerge.evaluate.tasks import TASKS, correct
 
 
@@ -176,3 +177,24 @@ def test_eval_command(tmp_path):
     assert summary.startswith("model,kind,length,method,setting,n") and "guided @14 keep 0+8 target=0.25" in summary
     assert (out / "smollm2-135m-quality-vs-speed.png").stat().st_size > 10_000
     assert "truncate" in proc.stdout
+
+
+def test_results_of_two_evals_in_one_folder_are_all_kept(tmp_path, monkeypatch):
+    """A second eval appending to the folder while the first opens it must lose nothing: opening a whole file
+    writes nothing; only a line cut off by a kill makes it rewrite."""
+    path = tmp_path / "results.jsonl"
+    fields = ("item",)
+    first = Results(path, fields)
+    first.add({"item": 0})
+    written = []
+    monkeypatch.setattr(type(path), "write_text", lambda self, *a, **k: written.append(self))
+    second = Results(path, fields)  # opens while the first is still appending
+    first.add({"item": 1})
+    second.add({"item": 2})
+    assert written == [] and second.has(item=0) and not second.has(item=1)
+    assert read_rows(path) == ([{"item": 0}, {"item": 1}, {"item": 2}], True)
+    monkeypatch.undo()
+    path.write_text(path.read_text() + '{"item": 3')  # killed mid-write
+    assert read_rows(path) == ([{"item": 0}, {"item": 1}, {"item": 2}], False)
+    Results(path, fields)
+    assert path.read_text().splitlines()[-1] == '{"item": 2}'

@@ -303,3 +303,11 @@ def test_the_adapter_refuses_a_decoder_with_no_known_cache_argument():
 
     with pytest.raises(UnknownTransformers, match="Decoder.forward takes the cache under none of the names"):
         Api.of(Decoder())
+
+
+def test_same_prefix_counts_tokens_before_the_first_difference():
+    from slerpmerge.generate import same_prefix
+
+    assert same_prefix([1, 2, 3], [1, 2, 3]) == 3
+    assert same_prefix([1, 2, 3, 4], [1, 9, 3, 4]) == 1  # equal again later: after a difference it counts nothing
+    assert same_prefix([1, 2], [1, 2, 3]) == 2 and same_prefix([], [1]) == 0

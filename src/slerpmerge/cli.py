@@ -77,7 +77,7 @@ def cmd_generate(args) -> None:
     if args.json:
         print(json.dumps({**head, "base": _timed_json(result["base"]), "merged": _timed_json(result["merged"]),
                           "speedup_prefill": result["speedup_prefill"], "speedup_decode": result["speedup_decode"],
-                          "agreement": result["agreement"]}))
+                          "same_tokens": result["same_tokens"]}))
         return
     base, merged = result["base"], result["merged"]
     where = settings.label(chosen)
@@ -88,8 +88,14 @@ def cmd_generate(args) -> None:
     for name, r in (("base", base), ("merged", merged)):
         print(f"{name:10}{r.prefill_s:>11.3f}{r.total_s:>10.3f}{r.tokens_per_s:>10.1f}")
     print(f"\nprefill speedup {result['speedup_prefill']:.2f}x, decode {result['speedup_decode']:.2f}x; "
-          f"{result['agreement']:.0%} of generated tokens agree with the base model "
+          f"{_same(result['same_tokens'], len(base.tokens))} "
           f"(one greedy run each after a warm-up, {_machine()})")
+
+
+def _same(k: int, n: int) -> str:
+    if k == n:
+        return f"all {n} generated tokens equal the base model's"
+    return f"the first {k} of the base model's {n} generated tokens equal, then the answers part"
 
 
 def _timed_json(t) -> dict:

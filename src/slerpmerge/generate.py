@@ -62,10 +62,15 @@ def timed_generate(model, tokenizer, inputs: dict, max_new_tokens: int, warmup: 
     return Timed(tokenizer.decode(new, skip_special_tokens=True), new, prefill, total)
 
 
-def match_rate(a: list[int], b: list[int]) -> float:
-    """Fraction of generated tokens equal at the same step (over the longer of the two)."""
-    n = max(len(a), len(b))
-    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
+def same_prefix(a: list[int], b: list[int]) -> int:
+    """How many generated tokens are equal before the first difference: greedy tokens after it follow from
+    different text, so counting matches further on says nothing."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def compare(model, tokenizer, inputs: dict, max_new_tokens: int, **patch_kwargs) -> dict:
@@ -78,5 +83,5 @@ def compare(model, tokenizer, inputs: dict, max_new_tokens: int, **patch_kwargs)
         "merged": merged,
         "speedup_prefill": base.prefill_s / merged.prefill_s,
         "speedup_decode": merged.tokens_per_s / base.tokens_per_s if base.tokens_per_s else float("nan"),
-        "agreement": match_rate(base.tokens, merged.tokens),
+        "same_tokens": same_prefix(base.tokens, merged.tokens),
     }

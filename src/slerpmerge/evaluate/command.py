@@ -12,7 +12,7 @@ from .corpus import read_texts
 from .plots import plot_all
 from .runs import BASELINES, check, key
 from .summary import print_summary, summarise, write_csv
-from .sweep import speed_sweep, sweep
+from .sweep import read_rows, speed_sweep, sweep
 from .shapes import SHAPES
 from .tasks import TASKS
 
@@ -77,7 +77,6 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     texts = read_texts(args.corpus, args.field)
     size = shape(args)
-    results = []
     for model_name in args.model.split(","):
         model, tokenizer = load(model_name, cache=args.cache_dir)
         settings = settings_of(args, model.config.num_hidden_layers)
@@ -91,11 +90,11 @@ def run(args) -> list[dict]:
                  + len(size["tasks"]) * len(size["shapes"]) * len(size["task_lengths"]) * size["task_items"]
                  * (len(others) + 1))
         with tqdm(total=total, desc=f"eval {model_name}", unit="run") as bar:
-            results = sweep(model_name, model, tokenizer, texts, out, settings, lengths=size["lengths"],
-                            n_windows=size["windows"], gen_tokens=size["gen_tokens"], tasks=size["tasks"],
-                            task_lengths=size["task_lengths"], task_items=size["task_items"],
-                            shapes=size["shapes"], seed=args.seed,
-                            progress=bar).rows
+            sweep(model_name, model, tokenizer, texts, out, settings, lengths=size["lengths"],
+                  n_windows=size["windows"], gen_tokens=size["gen_tokens"], tasks=size["tasks"],
+                  task_lengths=size["task_lengths"], task_items=size["task_items"], shapes=size["shapes"],
+                  seed=args.seed, progress=bar)
+    results = read_rows(out / "results.jsonl")[0]  # every row in the folder, other evals' included
     speed_file = out / "speed.jsonl"
     speeds = [json.loads(line) for line in speed_file.read_text().splitlines()] if speed_file.exists() else []
     summary = summarise(results, speeds, args.seed)

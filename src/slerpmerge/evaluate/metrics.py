@@ -8,7 +8,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ..generate import match_rate  # noqa: F401  (one definition, shared with `generate --compare`)
+
+def match_rate(a: list[int], b: list[int]) -> float:
+    """Fraction of generated tokens equal at the same step (over the longer of the two); the rows' `gen_match`."""
+    n = max(len(a), len(b))
+    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
 
 
 def next_token_metrics(base_logits: torch.Tensor, merged_logits: torch.Tensor) -> dict:

@@ -19,22 +19,30 @@ from .tasks import TASKS, correct
 BASE = {"method": "base"}
 
 
+def read_rows(path: Path) -> tuple[list[dict], bool]:
+    """The rows of a JSON-lines file up to the first that does not parse, and whether every line parsed."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                return rows, False
+    return rows, True
+
+
 class Results:
     """A JSON-lines file, appended one row at a time; knows which rows exist. A line cut off by a kill is
-    dropped and computed again."""
+    dropped and computed again. The file is rewritten only then, so another eval appending to the same folder
+    (on other settings) loses nothing."""
 
     def __init__(self, path: Path, fields: tuple[str, ...]):
         self.path, self.fields = path, fields
-        self.rows = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    self.rows.append(json.loads(line))
-                except ValueError:
-                    break
+        self.rows, whole = read_rows(path)
         self.done = {self._key(r) for r in self.rows}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        if not whole:
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def _key(self, row: dict) -> tuple:
         return tuple(row[f] for f in self.fields)
