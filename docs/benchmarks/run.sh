@@ -21,3 +21,8 @@ $S bench --model gemma3-270m --threads 2 --runs 5 --lengths 512,2048 \
 # merges nothing any layer reads, so it is the hooks alone.
 $S bench --model smollm2-135m --threads 2 --runs 9 --lengths 256 --cutoffs 3,19,25,29 \
   --out $B/smollm2-135m-cpu-decode256 | tee $B/smollm2-135m-cpu-decode256.txt
+
+# The built-in default now (prune @14 with a mix of layer 2's key norms): its score and plan beside a layer.
+$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 --method prune --layer-cutoff 14 --target 0.25 \
+  --heads 1,3 --window 8 --spread 8 --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
+  --out $B/smollm2-135m-cpu-default | tee $B/smollm2-135m-cpu-default.txt

@@ -35,8 +35,10 @@ gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
     --tasks once,facts --task-lengths 2048 --task-items 24
 }
 
-# 2. Quality, one thread per process (two ran at a time). SmolLM2's settings files end with its default as it is
-# now (guided @14 with a mix), measured after the others; its speed pass is docs/later.md's (speed-mix-smollm2-135m).
+# 2. Quality, one thread per process (two ran at a time). SmolLM2's settings files end with its defaults: guided @14
+# with a mix (the default before), then prune @14 with the same mix (the default now), each measured after the
+# others by re-running the same commands (eval computes only the rows a folder lacks); their speed passes are
+# docs/later.md's (speed-mix-smollm2-135m, speed-prune-smollm2-135m).
 smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
