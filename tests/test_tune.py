@@ -60,6 +60,32 @@ def test_search_takes_the_fastest_that_meets_both_targets(monkeypatch):
     assert search(model, None, [torch.zeros(3, dtype=torch.long)], [], settings, 1.0, 1.0, 64)[0] is None
 
 
+def test_search_confirms_a_pass_on_held_out_items(monkeypatch):
+    """A candidate that meets both targets by chance on the tuning items but loses a base answer on the held-out
+    ones is passed over; the held-out base answers are computed once."""
+    table = {1: (3.0, [True, False]), 2: (2.0, [True, True])}  # cutoff: ideal, held-out answers
+    calls = []
+
+    def answers(model, tok, items, s, base=None, shape="end"):
+        calls.append((items, s))
+        if items == ["held"]:
+            return [True, True] if s is None else table[s["layer_cutoff"]][1]
+        return [True, True]
+
+    monkeypatch.setattr(tune, "ideal", lambda model, s, length: table[s["layer_cutoff"]][0])
+    monkeypatch.setattr(tune, "answers", answers)
+    monkeypatch.setattr(tune, "agreement", lambda model, prose, base, s: 1.0)
+    model = lambda ids, logits_to_keep: type("Out", (), {"logits": torch.zeros(1, 1, 4)})  # noqa: E731
+    settings = [dict(layer_cutoff=c) for c in (2, 1)]
+    chosen, tried = search(model, None, [torch.zeros(3, dtype=torch.long)], ["tune"], settings, 0.9, 1.0, 64,
+                           holdout=["held"])
+    assert chosen["settings"] == {"layer_cutoff": 2} and chosen["holdout"] == 1.0
+    assert tried[0]["holdout"] == 0.5 and tried[0]["retrieval"] == 1.0
+    assert sum(1 for items, s in calls if items == ["held"] and s is None) == 1
+    chosen, _ = search(model, None, [torch.zeros(3, dtype=torch.long)], ["tune"], settings, 0.9, 1.0, 64)
+    assert chosen["settings"] == {"layer_cutoff": 1}  # without held-out items the lucky one wins
+
+
 @torch.no_grad()
 def test_answers_in_each_shape_are_the_base_models_own(smollm2):
     """Unpatched, the question after a prefilled context is answered as in the whole prompt."""
@@ -79,11 +105,12 @@ def test_tune_command_writes_settings_that_patch_and_generate_read(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "slerpmerge", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env, timeout=900)
     proc = run("tune", "--quick", "--length", "64", "--windows", "3", "--retrieval-length", "160", "--items", "2",
-               "--target-agreement", "0.5", "--target-retrieval", "0.5", "--out", str(out), "--threads", "2",
+               "--target-agreement", "0.5", "--target-retrieval", "0", "--out", str(out), "--threads", "2",
                "--shape", "later")
     assert proc.returncode == 0, proc.stderr[-2000:]
     settings = json.loads(out.read_text())
     assert "chosen:" in proc.stdout and "with their questions cut off" in proc.stdout and "shape later" in proc.stdout
+    assert "confirmed on 4 held-out items" in proc.stdout and "held out " in proc.stdout
     gen = run("generate", "Hello", "--no-chat", "--json", "--max-new-tokens", "3", "--config", str(out))
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert json.loads(gen.stdout)["layer_cutoff"] == settings["layer_cutoff"]
