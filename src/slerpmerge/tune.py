@@ -104,6 +104,12 @@ def answers(model, tokenizer, items, setting: dict | None, stop_at_miss: list[bo
     return got
 
 
+def kept(model, tokenizer, items, setting: dict, base: list[bool], shape: str) -> float:
+    """The share of the base model's right answers (``base``) that ``setting`` keeps on ``items``."""
+    got = answers(model, tokenizer, items, setting, base, shape)
+    return sum(g and b for g, b in zip(got, base)) / sum(base) if any(base) else 1.0
+
+
 def search(model, tokenizer, prose, items, settings: list[dict], target_agreement: float,
            target_retrieval: float, length: int, progress=None, shape: str = "end",
            holdout=()) -> tuple[dict | None, list[dict]]:
@@ -112,15 +118,12 @@ def search(model, tokenizer, prose, items, settings: list[dict], target_agreemen
     items at the retrieval target."""
     base_next = [int(model(ids[None], logits_to_keep=1).logits[0, -1].argmax()) for ids in prose]
     base_right = answers(model, tokenizer, items, None, shape=shape)
-    needed = sum(base_right)
     speed = {json.dumps(s, sort_keys=True): ideal(model, s, length) for s in settings}
     ranked = sorted(settings, key=lambda s: speed[json.dumps(s, sort_keys=True)], reverse=True)
     tried, base_held = [], None
     for s in ranked:
         row = {"settings": s, "label": label(s), "ideal_speedup": speed[json.dumps(s, sort_keys=True)]}
-        got = answers(model, tokenizer, items, s, base_right, shape)
-        kept = sum(g and b for g, b in zip(got, base_right))
-        row["retrieval"] = kept / needed if needed else 1.0
+        row["retrieval"] = kept(model, tokenizer, items, s, base_right, shape)
         if row["retrieval"] >= target_retrieval:
             row["agreement"] = agreement(model, prose, base_next, s)
         tried.append(row)
@@ -130,9 +133,7 @@ def search(model, tokenizer, prose, items, settings: list[dict], target_agreemen
             if holdout:
                 if base_held is None:
                     base_held = answers(model, tokenizer, holdout, None, shape=shape)
-                got = answers(model, tokenizer, holdout, s, base_held, shape)
-                held = sum(base_held)
-                row["holdout"] = sum(g and b for g, b in zip(got, base_held)) / held if held else 1.0
+                row["holdout"] = kept(model, tokenizer, holdout, s, base_held, shape)
             if row.get("holdout", 1.0) >= target_retrieval:
                 return row, tried
     return None, tried
