@@ -1,6 +1,9 @@
 """slerpmerge with a kvpress press on top: the press compresses the caches the merge leaves (the full-length
 early layers and the merged later ones). Runs in the peers environment (`make peers`), where kvpress is."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from kvpress import KnormPress
@@ -104,3 +107,29 @@ def test_a_prefilled_context_under_a_press_is_refused():
             kept = slerpmerge.prefill(model, ids[:, :52])
         with pytest.raises(ValueError, match="the context's cache was compressed after its prefill"):
             kept.generate(ids[:, 52:], max_new_tokens=4, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("shape", ["later", "end"])
+@torch.no_grad()
+def test_the_press_rows_of_docs_continue_a_pressed_context_at_true_positions(shape):
+    """docs/later/asklater.py's answer under a press against the Knorm rule written here, then the rest one token at a
+    time at true positions: `generate` would have fed the pressed-out tail of the context again."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root / "docs" / "later"), str(root / "docs" / "peers")]
+    from asklater import ANSWER_TOKENS, press_answer
+
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 60), generator=torch.Generator().manual_seed(4))
+    got = press_answer(model, ids[:, :52], ids[:, 52:], shape, "knorm", 0.5)
+    pressed = 52 if shape == "later" else 59  # in `end` the whole prompt but its last token is pressed
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :pressed], **cache_kwargs(model, cache), use_cache=True)
+    keep_smallest_keys(cache, 0.5)
+    feed, want = ids[0, pressed:].tolist(), []
+    for i in range(60 - pressed + ANSWER_TOKENS - 1):
+        token = feed[i] if i < len(feed) else want[-1]
+        logits = model(torch.tensor([[token]]), position_ids=torch.tensor([[pressed + i]]),
+                       **cache_kwargs(model, cache), use_cache=True).logits[0, -1]
+        if i >= len(feed) - 1:
+            want.append(int(logits.argmax()))
+    assert got == want
