@@ -198,3 +198,30 @@ def test_results_of_two_evals_in_one_folder_are_all_kept(tmp_path, monkeypatch):
     assert read_rows(path) == ([{"item": 0}, {"item": 1}, {"item": 2}], False)
     Results(path, fields)
     assert path.read_text().splitlines()[-1] == '{"item": 2}'
+
+
+def test_the_summary_counts_rows_another_eval_wrote_while_this_one_ran(tmp_path, monkeypatch):
+    """Two evals into one folder: the summary of the one that ends last counts the other's rows, appended while it
+    ran (not only the rows it read when it opened the file)."""
+    from slerpmerge.cli import build_parser
+    from slerpmerge.evaluate import command
+
+    out = tmp_path / "out"
+    other = {"model": "smollm2-135m", "kind": "once", "length": 160, "item": 0, "method": "truncate",
+             "setting": json.dumps({"method": "truncate", "target": 0.33, "keep_start": 4}), "merged_length": 80,
+             "depth": 0.1, "correct": 1.0, "answer": "12345"}
+
+    def sweep_beside_another_eval(*args, **kwargs):
+        results = sweep(*args, **kwargs)
+        with (out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(other) + "\n")
+        return results
+
+    monkeypatch.setattr(command, "sweep", sweep_beside_another_eval)
+    args = build_parser().parse_args(["eval", "--out", str(out), "--lengths", "", "--windows", "0", "--tasks", "once",
+                                      "--task-lengths", "160", "--task-items", "1", "--speed-runs", "0",
+                                      "--threads", "2", "--methods", "truncate"])
+    summary = command.run(args)
+    ours = {r["settings_json"] for r in summary if r["method"] == "truncate"} - {other["setting"]}
+    assert len(ours) == 5  # the grid's truncations, each on its one item
+    assert [r["n"] for r in summary if r["settings_json"] == other["setting"]] == [1]

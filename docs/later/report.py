@@ -1,6 +1,6 @@
 """Tables for docs/later.md from asklater.py's rows: per model, task and shape, each method's right answers of the
 items, with Wilson 95 % intervals, and how many items it got right where the base model did not or missed where it
-was right.
+was right; then, per model and length, a grid of right answers: a row per task and shape, a column per method.
 
     .venv/bin/python docs/later/report.py docs/later/smollm2-135m.jsonl docs/later/gemma3-270m.jsonl
 """
@@ -32,6 +32,19 @@ def main(paths: list[str]) -> None:
                 lost = sum(base.get(i, False) and not ok for i, ok in answers.items())
                 won = sum(ok and not base.get(i, True) for i, ok in answers.items())
                 print(f"| {method} | {k}/{n} | {lo:.2f}-{hi:.2f} | {lost} | {won} |")
+        grid(groups)
+
+
+def grid(groups: dict) -> None:
+    for model, length in dict.fromkeys((m, n) for m, _, _, n in groups):
+        cells = {(t, s): by for (m, t, s, n), by in groups.items() if (m, n) == (model, length)}
+        methods = list(dict.fromkeys(name for by in cells.values() for name in by))
+        print(f"\n**{model}, {length} tokens: right answers**\n")
+        print("| task, shape | " + " | ".join(methods) + " |")
+        print("| --- |" + " --- |" * len(methods))
+        for (task, shape), by in sorted(cells.items()):
+            counts = [f"{sum(by[m].values())}/{len(by[m])}" if m in by else "" for m in methods]
+            print(f"| {task}, {shape} | " + " | ".join(counts) + " |")
 
 
 if __name__ == "__main__":
