@@ -1,7 +1,6 @@
 """slerpmerge with a kvpress press on top: the press compresses the caches the merge leaves (the full-length
 early layers and the merged later ones). Runs in the peers environment (`make peers`), where kvpress is."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -111,11 +110,12 @@ def test_a_prefilled_context_under_a_press_is_refused():
 
 @pytest.mark.parametrize("shape", ["later", "end"])
 @torch.no_grad()
-def test_the_press_rows_of_docs_continue_a_pressed_context_at_true_positions(shape):
+def test_the_press_rows_of_docs_continue_a_pressed_context_at_true_positions(shape, monkeypatch):
     """docs/later/asklater.py's answer under a press against the Knorm rule written here, then the rest one token at a
     time at true positions: `generate` would have fed the pressed-out tail of the context again."""
     root = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(root / "docs" / "later"), str(root / "docs" / "peers")]
+    for folder in ("peers", "later"):  # for this test only: the docs' scripts are no package
+        monkeypatch.syspath_prepend(str(root / "docs" / folder))
     from asklater import ANSWER_TOKENS, press_answer
 
     model = tiny_model("llama")
