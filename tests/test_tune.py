@@ -86,6 +86,12 @@ def test_search_confirms_a_pass_on_held_out_items(monkeypatch):
     assert chosen["settings"] == {"layer_cutoff": 1}  # without held-out items the lucky one wins
 
 
+def test_the_printout_keeps_every_candidate_the_held_out_check_judged():
+    tried = [{"label": str(i), **({"holdout": 0.5} if i in (1, 4) else {})} for i in range(12)]
+    assert [r["label"] for r in tune.shown(tried)] == ["1", "4", "7", "8", "9", "10", "11"]
+    assert [r["label"] for r in tune.shown(tried[:3])] == ["0", "1", "2"]
+
+
 @torch.no_grad()
 def test_answers_in_each_shape_are_the_base_models_own(smollm2):
     """Unpatched, the question after a prefilled context is answered as in the whole prompt."""

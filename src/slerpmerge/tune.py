@@ -139,6 +139,13 @@ def search(model, tokenizer, prose, items, settings: list[dict], target_agreemen
     return None, tried
 
 
+def shown(tried: list[dict], last: int = 5) -> list[dict]:
+    """The rows a run prints: every candidate the held-out check judged (the ones it passed over say why the
+    pick is not faster), then the last `last` tried, in the order tried."""
+    cut = max(len(tried) - last, 0)
+    return [r for r in tried[:cut] if "holdout" in r] + tried[cut:]
+
+
 def run(args) -> dict:
     from tqdm import tqdm
 
@@ -178,7 +185,7 @@ def run(args) -> dict:
     print(f"{len(tried)} of {len(settings)} settings tried, fastest first, on {count} prose windows of {length} "
           f"tokens and {len(items)} retrieval items of {rlength} ({', '.join(args.tasks)}, shape {args.shape}; "
           f"a pass confirmed on {len(holdout)} held-out items):")
-    for row in tried[-5:]:
+    for row in shown(tried):
         agree = f"{row['agreement']:.2f}" if "agreement" in row else "-"
         held = f"  held out {row['holdout']:.2f}" if "holdout" in row else ""
         print(f"  {row['label']:58} ideal {row['ideal_speedup']:.2f}x  retrieval {row['retrieval']:.2f}  "
