@@ -10,10 +10,9 @@ from tiny import ARCHITECTURES, tiny_model
 import slerpmerge
 from slerpmerge.architecture import layer_types
 from slerpmerge.merge import merge_sequence
-from slerpmerge.score import AttentionProbe
-from slerpmerge.score import Attended
+from slerpmerge.score import Attended, AttentionProbe, Scoring
 from slerpmerge.scorers import SCORERS, expected, heavy, importance, last, mixed
-from slerpmerge.settings import check_options
+from slerpmerge.settings import MergeSettings, check_options
 
 LENGTHS = [22, 15, 4]
 
@@ -74,6 +73,34 @@ def test_keynorm_is_minus_the_norm_of_each_key(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @torch.no_grad()
+def test_a_keys_only_probe_keeps_no_queries_and_ranks_as_a_full_one(arch):
+    """Key norms read no queries, so a setting that ranks by them alone at a layer probes it without keeping them
+    (an early probe would hold them until the cutoff); its keys and scores equal a full probe's."""
+    model = tiny_model(arch)
+    ids, mask = ids_and_mask(LENGTHS)
+    kind = layer_types(model.config)[1]
+    window = model.config.sliding_window if kind == "sliding_attention" else None
+    full = AttentionProbe(model.model.layers[1], model.config, window)
+    keys_only = AttentionProbe(model.model.layers[1], model.config, window, queries=False)
+    full.armed = keys_only.armed = True
+    model(ids, attention_mask=mask)
+    fused = getattr(model.model.layers[1].self_attn, "qkv_proj", None) is not None
+    assert fused or "q" not in keys_only.caught
+    a, b = full.attended(mask.bool()), keys_only.attended(mask.bool())
+    full.remove()
+    keys_only.remove()
+    assert b.queries is None and a.queries is not None and b.heads == a.heads
+    torch.testing.assert_close(b.keys, a.keys)
+    torch.testing.assert_close(importance(b, "keynorm", 3, [1], 1), importance(a, "keynorm", 3, [1], 1))
+
+    settings = MergeSettings.make(layer_cutoff=2, method="prune", mix={"score": "keynorm", "layer": 0})
+    scoring = Scoring(model.model.layers, model.config, settings, 2)
+    assert {layer: p.queries for layer, p in scoring.probes.items()} == {2: True, 0: False}
+    scoring.remove()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
 def test_expected_from_one_query_is_that_querys_attention(arch):
     """With one recent query there is no spread: the expectation is the attention that query pays (`last`), with
     left padding and sliding windows."""
@@ -99,7 +126,7 @@ def test_expected_is_the_mean_attention_of_gaussian_queries():
     probes = torch.randn(6, d)  # the keys asked about; the queries' own keys are far smaller, so count little
     keys = torch.cat([probes, torch.randn(n, d) * 1e-3])
     a = Attended(queries=torch.cat([torch.zeros(6, d), queries])[None, None], keys=keys[None, None],
-                 mask=torch.ones(1, n + 6, dtype=torch.bool), scaling=scaling, window=None, softcap=None)
+                 mask=torch.ones(1, n + 6, dtype=torch.bool), scaling=scaling, window=None, softcap=None, heads=1)
     got = expected(a, n)[0, 0, :6]
     sampled = torch.exp(scaling * queries.double() @ probes.double().T).mean(0)  # (6,)
     torch.testing.assert_close((got / got[0]).double(), sampled / sampled[0], rtol=0.03, atol=0)

@@ -25,12 +25,13 @@ import torch
 class Attended:
     """What a cutoff layer attended with in a prefill."""
 
-    queries: torch.Tensor  # (B, H, S, d) every query, norms and rotary applied
+    queries: torch.Tensor | None  # (B, H, S, d) every query, norms and rotary applied; None for a keys-only scorer
     keys: torch.Tensor  # (B, H_kv, S, d)
     mask: torch.Tensor  # (B, S) bool, real tokens
     scaling: float
     window: int | None  # a sliding layer's window
     softcap: float | None
+    heads: int  # H, the query heads (scores are per query head, with or without their queries)
 
 
 def neighbour_cosine(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -98,12 +99,14 @@ class AttentionProbe:
     """Catches a decoder layer's query and key projections while armed, and scores tokens from them.
 
     Drives the layer's own modules: ``q_proj`` and ``k_proj`` (or a fused ``qkv_proj``), the optional per-head
-    ``q_norm`` and ``k_norm``, its ``scaling``, and the rotary function of the layer's modeling module.
+    ``q_norm`` and ``k_norm``, its ``scaling``, and the rotary function of the layer's modeling module. With
+    ``queries=False`` (a keys-only scorer, such as key norms) it neither holds nor rotates the queries: a probe at an
+    early layer would otherwise keep every query alive until the cutoff.
     """
 
-    def __init__(self, layer, config, sliding_window: int | None):
+    def __init__(self, layer, config, sliding_window: int | None, queries: bool = True):
         attn = layer.self_attn
-        self.attn, self.window = attn, sliding_window
+        self.attn, self.window, self.queries = attn, sliding_window, queries
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.heads
         self.rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
@@ -116,8 +119,9 @@ class AttentionProbe:
         if fused is not None:
             self.handles = [fused.register_forward_hook(self._catch("qkv"))]
         elif hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
-            self.handles = [attn.q_proj.register_forward_hook(self._catch("q")),
-                            attn.k_proj.register_forward_hook(self._catch("k"))]
+            self.handles = [attn.k_proj.register_forward_hook(self._catch("k"))]
+            if queries:
+                self.handles.append(attn.q_proj.register_forward_hook(self._catch("q")))
         else:
             raise ValueError(f"{type(attn).__name__} has neither q_proj/k_proj nor qkv_proj: cannot score tokens")
         self.handles.append(attn.register_forward_pre_hook(self._catch_rotary, with_kwargs=True))
@@ -155,17 +159,23 @@ class AttentionProbe:
             split = self.heads * self.head_dim
             q_all, k_all = caught["qkv"][..., :split], caught["qkv"][..., split:split + self.kv_heads * self.head_dim]
         else:
-            q_all, k_all = caught["q"], caught["k"]
+            q_all, k_all = caught.get("q"), caught["k"]
         batch, seq, _ = k_all.shape
         if mask is None:
             mask = torch.ones(batch, seq, dtype=torch.bool, device=k_all.device)
-        q = q_all.view(batch, seq, self.heads, self.head_dim)
         k = k_all.view(batch, seq, self.kv_heads, self.head_dim)
-        if getattr(self.attn, "q_norm", None) is not None:
-            q, k = self.attn.q_norm(q), self.attn.k_norm(k)
+        if getattr(self.attn, "k_norm", None) is not None:
+            k = self.attn.k_norm(k)
         cos, sin = caught["rotary"]
+        if not self.queries:
+            k = k.transpose(1, 2)
+            _, k = self.rotary(k, k, cos, sin)  # (B, H_kv, S, d); the first is the keys again, in the queries' place
+            return Attended(None, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
+        q = q_all.view(batch, seq, self.heads, self.head_dim)
+        if getattr(self.attn, "q_norm", None) is not None:
+            q = self.attn.q_norm(q)
         q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, S, d), (B, H_kv, S, d)
-        return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap)
+        return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
 
 
 class Scoring:
@@ -173,12 +183,16 @@ class Scoring:
 
     def __init__(self, layers, config, settings, cutoff: int):
         from .architecture import layer_types
+        from .scorers import KEYS_ONLY
 
         self.settings, self.terms = settings, settings.terms(cutoff)
         types = layer_types(config)
-        self.probes = {t.layer: AttentionProbe(layers[t.layer], config, config.sliding_window
-                                               if types[t.layer] == "sliding_attention" else None)
-                       for t in self.terms}
+        queries = {t.layer: False for t in self.terms}
+        for t in self.terms:
+            queries[t.layer] |= t.score not in KEYS_ONLY
+        self.probes = {layer: AttentionProbe(layers[layer], config, config.sliding_window
+                                             if types[layer] == "sliding_attention" else None, wants)
+                       for layer, wants in queries.items()}
 
     def arm(self, armed: bool) -> None:
         for probe in self.probes.values():

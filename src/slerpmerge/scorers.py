@@ -61,7 +61,7 @@ def heavy(a: Attended, window: int, chunk: int = 256) -> torch.Tensor:
 
 def keynorm(a: Attended, window: int) -> torch.Tensor:
     norms = torch.linalg.vector_norm(a.keys.float(), dim=-1)  # (B, H_kv, S)
-    return -norms.repeat_interleave(a.queries.shape[1] // a.keys.shape[1], 1)
+    return -norms.repeat_interleave(a.heads // a.keys.shape[1], 1)
 
 
 def expected(a: Attended, window: int) -> torch.Tensor:
@@ -90,6 +90,7 @@ def expected(a: Attended, window: int) -> torch.Tensor:
 
 SCORERS: dict[str, Callable[[Attended, int], torch.Tensor]] = {"last": last, "heavy": heavy, "keynorm": keynorm,
                                                                  "expected": expected}
+KEYS_ONLY = frozenset({"keynorm"})  # read no queries: their probes neither keep nor rotate them
 
 
 def importance(a: Attended, scorer: str, window: int, heads: Sequence[int] | None, radius: int) -> torch.Tensor:

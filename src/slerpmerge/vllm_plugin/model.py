@@ -188,7 +188,7 @@ class Shortener:
         mask = torch.ones(1, n, dtype=torch.bool, device=q_all.device)
         q = q_all[a:b].view(n, attn.num_heads, d).transpose(0, 1)[None]  # (1, H, P, d)
         k = k_all[a:b].view(n, attn.num_kv_heads, d).transpose(0, 1)[None]  # (1, H_kv, P, d)
-        attended = Attended(q, k, mask, attn.impl.scale, self.windows[term.layer], self.softcap)
+        attended = Attended(q, k, mask, attn.impl.scale, self.windows[term.layer], self.softcap, attn.num_heads)
         radius = s.options["spread"]
         if self.tp_size == 1:
             return importance(attended, term.score, s.score_window, term.heads, radius)
