@@ -26,3 +26,12 @@ $S bench --model smollm2-135m --threads 2 --runs 9 --lengths 256 --cutoffs 3,19,
 $S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 --method prune --layer-cutoff 14 --target 0.25 \
   --heads 1,3 --window 8 --spread 8 --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
   --out $B/smollm2-135m-cpu-default | tee $B/smollm2-135m-cpu-default.txt
+
+# Gemma 3's default now (guided @11 with a mix of layer 2's key norms), and the same without the mix (the default
+# before): what the second ranking costs.
+$S bench --model gemma3-270m --threads 2 --runs 5 --lengths 1024,2048 --method guided --layer-cutoff 11 --target 0.25 \
+  --protect 0.75 --heads 2,3 --window 8 --spread 8 --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
+  --out $B/gemma3-270m-cpu-default | tee $B/gemma3-270m-cpu-default.txt
+$S bench --model gemma3-270m --threads 2 --runs 5 --lengths 1024,2048 --method guided --layer-cutoff 11 --target 0.25 \
+  --protect 0.75 --heads 2,3 --window 8 --spread 8 --keep-start 4 --keep-end 32 \
+  --out $B/gemma3-270m-cpu-guided | tee $B/gemma3-270m-cpu-guided.txt

@@ -29,8 +29,8 @@ smol_tasks() {  # settings-tasks.jsonl on 6 windows of 2048 and 24 items of each
     --lengths 2048 --windows 6 --gen-tokens 8 \
     --tasks once,facts,word,passkey --task-lengths 2048 --task-items 24
 }
-gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
-  $S eval --model gemma3-270m --threads "$1" --speed-runs "$2" --out $R/gemma3-270m \
+gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048, <bos> first as eval builds them
+  $S eval --model gemma3-270m --threads "$1" --speed-runs "$2" --out $R/gemma3-270m-bos \
     --settings $R/gemma3-270m/settings-tasks.jsonl --lengths 1024 --windows 16 --gen-tokens 8 \
     --tasks once,facts --task-lengths 2048 --task-items 24
 }
@@ -42,10 +42,9 @@ gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
 smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
-# Gemma's items again as its tokenizer begins them (<bos> first, which eval now adds), into their own folder:
-$S eval --model gemma3-270m --threads 2 --speed-runs 0 --out $R/gemma3-270m-bos \
-  --settings $R/gemma3-270m/settings-tasks.jsonl --lengths 1024 --windows 16 --gen-tokens 8 \
-  --tasks once,facts --task-lengths 2048 --task-items 24
+# Gemma's first run, before eval put <bos> first (items and prose windows without it; every setting but the last,
+# the mix), wrote the same arguments to $R/gemma3-270m with its speed pass there. In gemma3-270m-bos the prose rows
+# of the settings before the mix predate <bos> before prose windows (only items had it then); the mix's begin with it.
 
 # 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once and twice, 24 items each; then its speed pass.
 moon() {
@@ -58,7 +57,8 @@ moon 1 0
 # Document QA at 1024 and 2048 tokens: the defaults and truncation (the speeds come from the sweeps' speed pass).
 $S eval --model smollm2-135m --threads 1 --speed-runs 0 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-qa.jsonl \
   --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
-$S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m --settings $R/gemma3-270m/settings-qa.jsonl \
+# Gemma's with <bos> first, as eval builds items (the first run, without it, wrote to $R/gemma3-270m):
+$S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m-bos-qa --settings $R/gemma3-270m/settings-qa.jsonl \
   --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
 
 

