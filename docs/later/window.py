@@ -3,8 +3,9 @@
 The transformers hooks give a sliding layer after the cutoff the model's own mask, which counts cache entries: a
 window of W merged entries spans several times W original tokens (docs/design.md, "Sliding windows"). This script
 narrows that mask to the entries whose (mean) true position lies within W of the query's, the span the base model's
-sliding layers see, and answers `eval`'s items with the built-in default in each shape. Rows go to
-<out>/<model>-window.jsonl, one per (task, shape, length, item); a rerun skips rows already there. From the
+sliding layers see (with `--entries N`: to the last N entries), and answers `eval`'s items with the built-in
+default in each shape. Rows go to
+<out>/<model>-window.jsonl, one per (task, shape, length, item, setting); a rerun skips rows already there. From the
 repository root:
 
     .venv/bin/python docs/later/window.py --model gemma3-270m --length 4096 --tasks once --shapes end,later
