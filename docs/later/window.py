@@ -71,7 +71,7 @@ def report(out: Path, model: str) -> None:
         path = out / f"shapes-{model}{folder}" / "results.jsonl"
         for r in map(json.loads, path.read_text().splitlines() if path.exists() else []):
             task, _, shape = r["kind"].partition(":")
-            name = {r["setting"] == '{"method": "base"}': "base", r["setting"] == default: "default"}.get(True)
+            name = "base" if r["setting"] == '{"method": "base"}' else "default" if r["setting"] == default else None
             if name:
                 cells.setdefault((task, shape or "end", r["length"]), {}).setdefault(name, {})[r["item"]] = r["correct"]
     for r in map(json.loads, (out / f"{model}-window.jsonl").read_text().splitlines()):
@@ -111,8 +111,8 @@ def main() -> None:
     name = f"default, sliding over {args.entries} entries" if args.entries else "default, sliding by true position"
     setting = dict(BUILTINS[args.model].defaults)
     out = Path(args.out) / f"{args.model}-window.jsonl"
-    done = {(r["task"], r["shape"], r["length"], r["item"], r["setting"]) for r in map(json.loads, out.read_text().splitlines())
-            } if out.exists() else set()
+    rows = map(json.loads, out.read_text().splitlines()) if out.exists() else []
+    done = {(r["task"], r["shape"], r["length"], r["item"], r["setting"]) for r in rows}
     for task in args.tasks.split(","):
         items = TASKS[task](tokenizer, token_stream(tokenizer, read_texts(None)), args.length, args.items, 0)
         for shape in args.shapes.split(","):
