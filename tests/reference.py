@@ -85,9 +85,11 @@ class Reference:
         e = self.w["model.embed_tokens.weight"][token]
         return e * torch.tensor(self.config.hidden_size ** 0.5, dtype=torch.float32).double() if self.gemma else e
 
-    def layer(self, i: int, x, position: float, cache: list):
-        """One token x (D,) through layer i at `position`, appending its key and value to `cache` (a list of
-        (k, v)) and attending to the cache's entries (the last `window` on a sliding layer)."""
+    def layer(self, i: int, x, position: float, cache: list, true: float | None = None):
+        """One token x (D,) through layer i at `position`, appending its key, value and true position `true` (by
+        default `position`) to `cache` (a list of (k, v, true)) and attending to the cache's entries (on a sliding
+        layer those whose true position is less than `window` before this token's)."""
+        true = position if true is None else true
         p = f"model.layers.{i}."
         kind = self.types[i]
         h = self.norm(x, p + "input_layernorm.weight")
@@ -97,8 +99,8 @@ class Reference:
         if self.gemma:
             q, k = self.norm(q, p + "self_attn.q_norm.weight"), self.norm(k, p + "self_attn.k_norm.weight")
         q, k = self.rotate(q, position, kind), self.rotate(k, position, kind)
-        cache.append((k, v))
-        seen = cache[-self.window:] if kind == "sliding_attention" else cache
+        cache.append((k, v, true))
+        seen = [e for e in cache if true - e[2] < self.window] if kind == "sliding_attention" else cache
         keys = torch.stack([e[0] for e in seen], 1)  # (kv_heads, T, d)
         values = torch.stack([e[1] for e in seen], 1)
         group = self.heads // self.kv_heads
@@ -138,7 +140,7 @@ def merged_generation(ref: Reference, ids: list[int], cutoffs: list[int], keep_s
     seen = [p for _, p in seq]  # positions the current layers see
     stage_shift = 0.0
     for i in range(layers):
-        seq = [(ref.layer(i, h, at, caches[i]), p) for (h, p), at in zip(seq, seen)]
+        seq = [(ref.layer(i, h, at, caches[i], p), p) for (h, p), at in zip(seq, seen)]
         shifts[i] = stage_shift
         if i in cutoffs:
             seq = article_merge(seq, keep_start, keep_end, slerp64)
@@ -153,7 +155,7 @@ def merged_generation(ref: Reference, ids: list[int], cutoffs: list[int], keep_s
         position = float(len(ids) + n)
         x = ref.embed(token)
         for i in range(layers):
-            x = ref.layer(i, x, position - shifts[i], caches[i])
+            x = ref.layer(i, x, position - shifts[i], caches[i], position)
         steps.append(ref.logits(x))
         token = int(steps[-1].argmax())
     return prefill, steps

@@ -10,7 +10,8 @@ Nothing of an architecture's forward is copied. Three kinds of hooks ride on the
 
 The cache of layers 0..cutoff holds the full prompt, that of later layers the merged prompt (merged again after
 each further cutoff); decode steps append their token to all. What a prefill learned (merged padding masks,
-position shifts) stays for its decode steps.
+position shifts, each entry's true position) stays for its decode steps. A sliding-window layer after a cutoff slides
+over true positions: its window of W tokens holds fewer than W merged entries, the text the base model's layer sees.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Prefill:
     mask: torch.Tensor | None  # (B, S_k) bool: real tokens of the merged prompt; None when no row is padded
     length: int  # S_k, the merged prompt's length: what the stage's caches hold of the prompt
     shift: torch.Tensor | int  # (B, 1): true position - position the stage's layers see ("reindex"), else 0
+    positions: torch.Tensor  # (B, S_k) float: each entry's true (mean) position
 
 
 @dataclass
@@ -73,6 +75,8 @@ class _LayerInputs:
     kv_mask: torch.Tensor | None | Callable  # (B, kv) real keys of its cache, or a function that makes it
     query_start: int  # where this call's tokens sit in the stage's cache
     reuse: bool  # a decode step whose layers keep the decoder's own mask and rotary where its mask is None
+    entries: torch.Tensor | None  # (B, n) true position of every entry of the stage's cache, this call's last: for
+    # its sliding layers, where a window in entries would span more text than the model's; else None
     built: dict = field(default_factory=dict)  # layer type -> kwargs for its layers
 
 
@@ -230,10 +234,11 @@ class Merger:
             seen = (real.long().cumsum(1) - 1).clamp(min=0)
             last = _last_real(real)[:, None]
             shift = merged.positions.gather(1, last).round().long() - seen.gather(1, last)
-        record = _Prefill(None if bool(real.all()) else real, merged.plan.length, shift)
+        record = _Prefill(None if bool(real.all()) else real, merged.plan.length, shift, merged.positions)
         self.prefill.append(record)
         call.mask, call.positions = record.mask, merged.positions
-        self.inputs[k] = _LayerInputs(merged.hidden_states, seen, record.mask, 0, reuse=False)
+        entries = merged.positions if self._slides(k, self.prompt_len) else None
+        self.inputs[k] = _LayerInputs(merged.hidden_states, seen, record.mask, 0, reuse=False, entries=entries)
         for layer_type in self.stages[k].mask_layer:  # now, while the stage's input is at hand
             self.inputs[k].built[layer_type] = self._layer_kwargs(k, layer_type)
         return merged.hidden_states
@@ -269,6 +274,11 @@ class Merger:
         if positions is None:
             positions = torch.arange(call.past, call.past + q, device=hidden.device)[None]
         positions = positions.expand(batch, q)
+        entries = None
+        if self._slides(k, self.prompt_len + self.since_prompt + q):
+            # the tokens since the prompt sit at consecutive positions before this call's
+            since = positions[:, :1] - torch.arange(self.since_prompt, 0, -1, device=hidden.device)
+            entries = torch.cat([record.positions, since.to(record.positions.dtype), positions.float()], 1)
         shifted = not isinstance(record.shift, int) or record.shift != 0
         if shifted:
             positions = positions - record.shift
@@ -276,7 +286,14 @@ class Merger:
         if record.mask is not None or call.pad_mask is not None:  # built only if a layer needs a mask
             kv_mask = functools.partial(self._decode_kv_mask, k, record, batch, q, hidden.device)
         start = record.length + self.since_prompt
-        self.inputs[k] = _LayerInputs(hidden, positions, kv_mask, start, reuse=record.mask is None and not shifted)
+        reuse = record.mask is None and not shifted and entries is None
+        self.inputs[k] = _LayerInputs(hidden, positions, kv_mask, start, reuse=reuse, entries=entries)
+
+    def _slides(self, k: int, tokens: int) -> bool:
+        """Whether stage k's sliding layers can meet a key further than their window from a query, in a call whose
+        tokens reach ``tokens`` into the sequence (merged entries are then fewer than the window's tokens)."""
+        window = getattr(self.config, "sliding_window", None)
+        return bool(window) and tokens > window and "sliding_attention" in self.stages[k].mask_layer
 
     def _decode_kv_mask(self, k: int, record: _Prefill, batch: int, q: int, device: torch.device) -> torch.Tensor:
         """(B, S_k + new) 2D mask of the stage's cache: its merged prompt, then the tokens since."""
@@ -306,8 +323,12 @@ class Merger:
                     f"{inputs.query_start}: a KV-cache compression changed it, and which of the entries left are "
                     "padding is unknown. Continue such a cache on unpadded rows only")
             inputs.query_start = held  # an unpadded row sees every entry left, and its new tokens causally
+            inputs.entries = None  # which entries it left is unknown: the model's own window, in entries
+        near = None
+        if layer_type == "sliding_attention" and inputs.entries is not None:
+            near = _within(inputs.entries, self.config.sliding_window)
         mask = self.api.mask(layer_type, self.config, hidden, inputs.kv_mask, self.call.cache, layer,
-                             inputs.query_start)
+                             inputs.query_start, near)
         rotary = self.decoder.rotary_emb
         if self.rotary_per_type:
             embeddings = rotary(hidden, positions, layer_type)
@@ -315,6 +336,16 @@ class Merger:
             shared = next((b["position_embeddings"] for b in inputs.built.values()), None)
             embeddings = shared if shared is not None else rotary(hidden, positions)
         return dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
+
+
+def _within(entries: torch.Tensor, window: int) -> Callable:
+    """A mask function (batch, head, query index, key index -> bool, the indices an entry's place in the cache) that
+    keeps the keys whose true position is less than ``window`` before the query's; ``entries`` (B, n)."""
+
+    def near(batch_idx, head_idx, q_idx, kv_idx):
+        return entries[batch_idx, q_idx] - entries[batch_idx, kv_idx] < window
+
+    return near
 
 
 def _last_real(mask: torch.Tensor) -> torch.Tensor:

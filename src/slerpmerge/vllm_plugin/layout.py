@@ -25,6 +25,7 @@ class StepLayout:
     seq_lens: torch.Tensor  # (R,) the later layers' sequence lengths, this step's rows included
     cache_index: torch.Tensor  # (T',) each row's place in its request's later-layer cache
     slots: torch.Tensor  # (T',) each row's KV-cache slot in the later layers
+    first_block: torch.Tensor  # (R,) each request's first KV-cache block: its key while it lives (`Shrinks`)
 
     @property
     def shortened(self) -> bool:
@@ -100,4 +101,5 @@ def plan_step(query_start: torch.Tensor, seq_lens: torch.Tensor, block_table: to
     if not torch.equal(from_table[is_prompt], from_engine[is_prompt]):
         raise RuntimeError(f"slerpmerge: the block table is not in blocks of {block_size} tokens as expected")
     slots = torch.where(is_prompt, from_engine, from_table)
-    return StepLayout(query_start, short_start, prompt, new_seq_lens, cache_index, slots)
+    return StepLayout(query_start, short_start, prompt, new_seq_lens, cache_index, slots,
+                      torch.tensor(first_blocks, dtype=torch.long))

@@ -5,7 +5,8 @@
     cutoff layer's hook   each prompt's rows (P, D) -> (S', D) by the method; decode rows pass; the later layers
                           get the step's short slots in the forward context
     later layers          pre-hooks swap in the short rows' positions; their rotary modules take fractional ones;
-                          their attention backend lays the short step out (`backend.py`)
+                          their attention backend lays the short step out (`backend.py`); sliding-window ones
+                          slide over true positions (`sliding.py`)
     model hook            (T', D) -> (T, D): each token's row is the short row that holds it, so the engine's
                           logits indices (each request's last token) find the real last token
 
@@ -32,6 +33,7 @@ from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .rotary import FractionalRotary, fractional_supported
+from .sliding import attend, check_impl, plan
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,18 @@ class Shortener:
         layers = decoder.layers
         cutoff = s.cutoffs[0]
         later = list(layers)[cutoff + 1:]
+        types = layer_types(hf_config)
+        sliding = [types[i] == "sliding_attention" for i in range(cutoff + 1, len(layers))]
+        self.window = hf_config.sliding_window if any(sliding) else None
+        self.prompts: dict[int, tuple[torch.Tensor, int]] = {}  # first KV block -> its prompt's entries' true
+        # positions (S',) and length P, for the decode steps of a request with sliding layers after the cutoff
         fractional = s.positions == "original" and self.method.combine is not methods.combine.last
-        for layer in later:
+        for layer, slides in zip(later, sliding):
             attn = layer.self_attn
             attn.attn.attn_backend = shortened_backend(attn.attn.attn_backend)
+            if slides:
+                check_impl(attn.attn.impl)
+                attn.attn.impl.forward = self._sliding_forward(attn.attn.impl)
             if fractional and not fractional_supported(attn.rotary_emb):
                 raise ValueError(f"method {s.method!r} places merged tokens at fractional positions, which "
                                  f"slerpmerge cannot do with {type(attn.rotary_emb).__name__}: use prune or "
@@ -64,7 +74,6 @@ class Shortener:
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
         self.terms = s.terms(cutoff)  # the rankings, each at its layer
         self.scored_attn = {t.layer: layers[t.layer].self_attn.attn for t in self.terms}
-        types = layer_types(hf_config)
         self.windows = {t.layer: hf_config.sliding_window if types[t.layer] == "sliding_attention" else None
                         for t in self.terms}
         self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
@@ -116,6 +125,7 @@ class Shortener:
             step["later_positions"] = layout.cache_index.to(positions.device)
         if not layout.shortened:
             step.setdefault("later_positions", positions)
+            self._windows(layout, positions.to(torch.float32))
             return None
         hidden, residual = output
         stream = hidden if residual is None else hidden + residual  # (T, D) the residual stream
@@ -140,7 +150,9 @@ class Shortener:
             owner.append(shorts[i] + index)
         short = torch.cat(rows)  # (T', D)
         step["owner"] = torch.cat(owner)  # (T,)
-        step.setdefault("later_positions", torch.cat(seen))
+        true = torch.cat(seen)  # (T',)
+        step.setdefault("later_positions", true)
+        self._windows(layout, true)
         return short, torch.zeros_like(short)
 
     def _later_inputs(self, module, args, kwargs):
@@ -160,6 +172,31 @@ class Shortener:
         if isinstance(output, tuple):
             raise RuntimeError("slerpmerge: this model returned auxiliary hidden states (speculative decoding)")
         return output.index_select(0, owner)  # (T', D) -> (T, D)
+
+    def _windows(self, layout, true: torch.Tensor) -> None:
+        """Note each prompt's entries, and each row's window in the later sliding layers (``true`` (T',): the short
+        rows' true positions)."""
+        if self.window is None:
+            return
+        whole, blocks = layout.prompt.tolist(), layout.first_block.tolist()
+        starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
+        for i in range(len(whole)):
+            if whole[i]:
+                self.prompts[blocks[i]] = (true[shorts[i]:shorts[i + 1]], starts[i + 1] - starts[i])
+        prompts = [None if whole[i] else self.prompts[blocks[i]] for i in range(len(whole))]
+        self.step["windows"] = plan(whole, starts, shorts, true, prompts, self.window)
+
+    def _sliding_forward(self, impl):
+        """``impl.forward`` with each row's window in true positions, where any row's is narrower than the model's."""
+        stock = impl.forward
+
+        def forward(layer, query, key, value, kv_cache, attn_metadata, output=None, **kwargs):
+            windows = self.step.get("windows")
+            if windows is None or attn_metadata is None:
+                return stock(layer, query, key, value, kv_cache, attn_metadata, output=output, **kwargs)
+            return attend(impl, layer, query, key, value, kv_cache, attn_metadata, output, windows, self.window)
+
+        return forward
 
     # -- one prompt -----------------------------------------------------------------------------------------------
 

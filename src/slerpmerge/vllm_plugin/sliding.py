@@ -1,0 +1,104 @@
+"""The sliding-window layers after the cutoff on vLLM's CPU attention backend: each query's window in true positions.
+
+A window of W merged entries spans more text than W tokens, so these layers slide over true positions, as the
+transformers hooks do: a query at position p sees the entries whose (mean) position is above p - W. Consecutive
+entries' positions differ by at least 1, so that is always the last w <= W entries, but w differs by query, and the
+CPU kernel takes one window per call:
+
+    a merged prompt longer than W    its rows attend to its own keys through SDPA, with the window as a mask
+    a decode row                     the kernel on its request, with w = the generated tokens within W of it plus
+                                     the prompt's entries within W; requests with the same w share one call
+    the rest                         the kernel with the model's window W
+
+Only what the rows need is computed; no row twice. A step where every row has w = W runs the stock forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from vllm import _custom_ops as ops
+from vllm import envs
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+
+@dataclass(frozen=True)
+class Windows:
+    """One step's windows for the later sliding layers, over the short rows (T', ...)."""
+
+    spans: list  # [(start, end, positions (end - start,) float)]: merged prompts through SDPA
+    groups: dict  # w -> request indices whose rows the kernel takes with window w
+    short_start: list  # (R + 1,) where each request's short rows start
+
+
+def check_impl(impl) -> None:
+    """What this module can narrow: the CPU backend's impl, without ALiBi, soft-capping or sinks."""
+    if not isinstance(impl, CPUAttentionBackendImpl):
+        raise ValueError(f"slerpmerge slides the sliding-window layers after the cutoff over true positions, which "
+                         f"it does on vLLM's CPU attention backend only, not {type(impl).__name__}: choose a cutoff "
+                         "after the last sliding layer, or use the transformers path")
+    if impl.alibi_slopes is not None or impl.logits_soft_cap or impl.sinks is not None:
+        raise ValueError("slerpmerge cannot narrow a sliding window with ALiBi, logit soft-capping or attention sinks")
+
+
+def plan(prompt: list[bool], query_start: list[int], short_start: list[int], true: torch.Tensor,
+         prompts: list[tuple[torch.Tensor, int] | None], window: int) -> Windows | None:
+    """Each request's window in this step, or None where every request's is the model's.
+
+    prompt (R,): whether request i's whole prompt is in the step; query_start, short_start (R + 1,): its rows before
+    and after the cutoff; true (T',) float: each short row's true position; prompts[i]: for a decoding request, its
+    prompt's entries' true positions (S',) and its prompt's length P.
+    """
+    spans, groups = [], {}
+    for i, whole in enumerate(prompt):
+        a, b = short_start[i], short_start[i + 1]
+        w = window
+        if whole:
+            length = query_start[i + 1] - query_start[i]
+            if b - a < length and length > window:  # merged, and longer than one window
+                spans.append((a, b, true[a:b]))
+                continue
+        else:
+            entries, length = prompts[i]
+            p = float(true[a])  # the decode row's position
+            w = min(window, int(p) - length + 1) + int((entries > p - window).sum())
+        groups.setdefault(w, []).append(i)
+    if not spans and list(groups) in ([window], []):
+        return None
+    return Windows(spans, groups, short_start)
+
+
+def attend(impl, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+           metadata, output: torch.Tensor, windows: Windows, window: int) -> torch.Tensor:
+    """The step's attention for one later sliding layer; query, output (T', H, d), key, value (T', H_kv, d); the
+    layer's cache already holds this step's keys and values."""
+    for a, b, positions in windows.spans:
+        near = positions[:, None] - positions[None, :] < window  # (n, n)
+        mask = torch.ones_like(near).tril_() & near
+        q, k, v = (x[a:b].transpose(0, 1)[None] for x in (query, key, value))  # (1, H, n, d), (1, H_kv, n, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=impl.scale, enable_gqa=True)
+        output[a:b] = out[0].transpose(0, 1)
+    blocks, heads, block_size, _ = kv_cache.shape
+    key_cache, value_cache = kv_cache.view(blocks, heads, block_size * 2, -1).chunk(2, dim=2)
+    starts = windows.short_start
+    for w, requests in windows.groups.items():
+        rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in requests]).to(query.device)
+        lengths = torch.tensor([starts[i + 1] - starts[i] for i in requests])
+        query_start = F.pad(lengths.cumsum(0), (1, 0)).to(metadata.query_start_loc)
+        index = torch.tensor(requests, device=metadata.seq_lens.device)
+        seq_lens, block_table = metadata.seq_lens[index], metadata.block_table[index]
+        scheduler = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=len(requests), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
+            head_dim=impl.head_size, seq_lens=seq_lens, dtype=query.dtype, query_start_loc=query_start, causal=True,
+            sliding_window_size=w, isa=layer.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+            kv_cache_dtype=impl.kv_cache_dtype)
+        out = torch.empty_like(query[rows])
+        ops.cpu_attention_with_kv_cache(
+            query=query[rows], key_cache=key_cache, value_cache=value_cache, output=out,
+            query_start_loc=query_start, seq_lens=seq_lens, scale=impl.scale, causal=True, alibi_slopes=None,
+            sliding_window=w, block_table=block_table, softcap=0, scheduler_metadata=scheduler, s_aux=None,
+            k_scale=layer._k_scale_float, v_scale=layer._v_scale_float, kv_cache_dtype=impl.kv_cache_dtype)
+        output[rows] = out
+    return output
