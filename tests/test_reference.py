@@ -49,3 +49,18 @@ def test_the_patched_model_equals_the_reference(arch, positions, cutoffs, keeps)
         for k, want in enumerate([want_prefill[-1], *want_steps]):
             torch.testing.assert_close(out.logits[k][row].double(), want, atol=ATOL, rtol=0)
             assert int(out.sequences[row, ids.shape[1] + k]) == int(want.argmax())
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("length", [9, 40])
+@torch.no_grad()
+def test_an_unpadded_prompt_slides_over_true_positions_as_the_reference(attn, length):
+    """One unpadded prompt on Gemma 3 (window 8). At 9 tokens the merged prompt is shorter than the window, so SDPA
+    gets no mask for it; the sliding layers after the cutoff must still see only the entries within 8 positions."""
+    model = tiny_model("gemma3", attn=attn)
+    ids, _ = ids_and_mask([length])
+    with slerpmerge.merging(model, layer_cutoff=[1], keep_start=1, keep_end=2):
+        out = model.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    want_prefill, want_steps = merged_generation(Reference(model), ids[0].tolist(), [1], 1, 2, "original", 5)
+    for k, want in enumerate([want_prefill[-1], *want_steps]):
+        torch.testing.assert_close(out.logits[k][0].double(), want, atol=ATOL, rtol=0)

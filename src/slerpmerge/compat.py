@@ -94,14 +94,11 @@ class Api:
         return cache
 
     def mask(self, layer_type: str, config, hidden: torch.Tensor, kv_mask: torch.Tensor | None, cache,
-             layer_idx: int, query_start: int, and_mask=None) -> torch.Tensor | None:
+             layer_idx: int, query_start: int) -> torch.Tensor | None:
         """The model's own mask for layer ``layer_idx`` (of ``layer_type``): its ``hidden.shape[1]`` queries sit at
-        cache positions ``query_start``.. of that layer's cache; ``kv_mask`` (B, kv) marks real keys; ``and_mask``, a
-        mask function of (batch, head, query index, key index), narrows it."""
+        cache positions ``query_start``.. of that layer's cache; ``kv_mask`` (B, kv) marks real keys."""
         kwargs = dict(config=config, inputs_embeds=hidden, attention_mask=kv_mask,
                       position_ids=None)  # fractional positions must not read as packed sequences
-        if and_mask is not None:
-            kwargs["and_mask_function"] = and_mask
         if cache is not None and self.mask_layer_idx:
             kwargs["layer_idx"] = layer_idx
         elif cache is not None:

@@ -324,11 +324,10 @@ class Merger:
                     "padding is unknown. Continue such a cache on unpadded rows only")
             inputs.query_start = held  # an unpadded row sees every entry left, and its new tokens causally
             inputs.entries = None  # which entries it left is unknown: the model's own window, in entries
-        near = None
-        if layer_type == "sliding_attention" and inputs.entries is not None:
-            near = _within(inputs.entries, self.config.sliding_window)
         mask = self.api.mask(layer_type, self.config, hidden, inputs.kv_mask, self.call.cache, layer,
-                             inputs.query_start, near)
+                             inputs.query_start)
+        if layer_type == "sliding_attention" and inputs.entries is not None:
+            mask = self._narrow(mask, inputs.entries, layer, hidden.shape[1])
         rotary = self.decoder.rotary_emb
         if self.rotary_per_type:
             embeddings = rotary(hidden, positions, layer_type)
@@ -337,15 +336,21 @@ class Merger:
             embeddings = shared if shared is not None else rotary(hidden, positions)
         return dict(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
 
-
-def _within(entries: torch.Tensor, window: int) -> Callable:
-    """A mask function (batch, head, query index, key index -> bool, the indices an entry's place in the cache) that
-    keeps the keys whose true position is less than ``window`` before the query's; ``entries`` (B, n)."""
-
-    def near(batch_idx, head_idx, q_idx, kv_idx):
-        return entries[batch_idx, q_idx] - entries[batch_idx, kv_idx] < window
-
-    return near
+    def _narrow(self, mask: torch.Tensor | None, entries: torch.Tensor, layer: int, q: int) -> torch.Tensor:
+        """A sliding layer's mask (B, 1, q, kv) narrowed to the keys whose true position is within the window of the
+        query's; ``entries`` (B, n), the stage's every entry, this call's last. The layer attends to the last kv
+        entries: those its cache holds (a sliding cache keeps its last W - 1) and this call's."""
+        if mask is None:  # SDPA's causal: every held entry, and this call's causally
+            cache = self.call.cache
+            held = cache.layers[layer] if cache is not None and len(cache.layers) > layer else None
+            before = held.keys.shape[-2] if held is not None and held.is_initialized else 0
+            kv = before + q
+            mask = torch.ones(q, kv, dtype=torch.bool, device=entries.device).tril_(before)[None, None]
+        keys = entries[:, -mask.shape[-1]:]  # (B, kv)
+        near = (entries[:, -q:, None] - keys[:, None, :] < self.config.sliding_window)[:, None]  # (B, 1, q, kv)
+        if mask.dtype == torch.bool:
+            return mask & near
+        return mask.masked_fill(~near, torch.finfo(mask.dtype).min)  # eager's additive mask
 
 
 def _last_real(mask: torch.Tensor) -> torch.Tensor:
