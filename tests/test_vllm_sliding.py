@@ -5,7 +5,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")  # run in the vLLM environment (make test-vllm)
-from slerpmerge.vllm_plugin.sliding import plan  # noqa: E402
+from slerpmerge.vllm_plugin.sliding import check_impl, plan  # noqa: E402
 
 W = 8
 
@@ -26,7 +26,9 @@ def test_a_decode_rows_window_counts_the_entries_within_w_of_it(p):
         assert want == W
         return
     assert got.spans == []
-    assert got.groups[want] == [0] and got.groups[W] == [1]  # request 1's generated tokens fill its window
+    assert got.groups[want].requests.tolist() == [0]
+    assert got.groups[W].requests.tolist() == [1]  # request 1's generated tokens fill its window
+    assert got.groups[want].rows.tolist() == [0] and got.groups[W].query_start.tolist() == [0, 1]
 
 
 def test_a_merged_prompt_longer_than_w_goes_through_the_mask_and_the_rest_through_the_kernel():
@@ -36,8 +38,17 @@ def test_a_merged_prompt_longer_than_w_goes_through_the_mask_and_the_rest_throug
     true = torch.cat([merged, short, small])
     got = plan([True, True, True], [0, 16, 22, 28], [0, 6, 12, 15], true, [None] * 3, W)
     assert [(a, b) for a, b, _ in got.spans] == [(0, 6)]
-    assert torch.equal(got.spans[0][2], merged)
-    assert got.groups == {W: [1, 2]}
+    by_hand = [[j <= i and merged[i] - merged[j] < W for j in range(6)] for i in range(6)]
+    assert got.spans[0][2].tolist() == by_hand  # causal, and within W positions: row 5 (15.0) sees from 10.5
+    assert list(got.groups) == [W]
+    group = got.groups[W]
+    assert group.requests.tolist() == [1, 2] and group.rows.tolist() == list(range(6, 15))
+    assert group.query_start.tolist() == [0, 6, 9]
+
+
+def test_other_attention_backends_are_refused():
+    with pytest.raises(ValueError, match="CPU attention backend only"):
+        check_impl(object())
 
 
 def test_nothing_narrower_than_the_window_runs_the_stock_kernel():

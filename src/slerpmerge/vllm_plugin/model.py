@@ -182,7 +182,7 @@ class Shortener:
         starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
         for i in range(len(whole)):
             if whole[i]:
-                self.prompts[blocks[i]] = (true[shorts[i]:shorts[i + 1]], starts[i + 1] - starts[i])
+                self.prompts[blocks[i]] = (true[shorts[i]:shorts[i + 1]].clone(), starts[i + 1] - starts[i])
         prompts = [None if whole[i] else self.prompts[blocks[i]] for i in range(len(whole))]
         self.step["windows"] = plan(whole, starts, shorts, true, prompts, self.window)
 
@@ -194,7 +194,7 @@ class Shortener:
             windows = self.step.get("windows")
             if windows is None or attn_metadata is None:
                 return stock(layer, query, key, value, kv_cache, attn_metadata, output=output, **kwargs)
-            return attend(impl, layer, query, key, value, kv_cache, attn_metadata, output, windows, self.window)
+            return attend(impl, layer, query, key, value, kv_cache, attn_metadata, output, windows)
 
         return forward
 

@@ -10,12 +10,13 @@ CPU kernel takes one window per call:
                                      the prompt's entries within W; requests with the same w share one call
     the rest                         the kernel with the model's window W
 
-Only what the rows need is computed; no row twice. A step where every row has w = W runs the stock forward.
+Only what the rows need is computed; no row twice. What a step's layers share (the masks, the groups' rows and their
+kernel metadata) is made once per step. A step where every row has w = W runs the stock forward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,21 @@ from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 
 
 @dataclass(frozen=True)
+class Group:
+    """The requests the kernel takes with one window."""
+
+    requests: torch.Tensor  # (g,) their indices in the step
+    rows: torch.Tensor  # (n,) their short rows
+    query_start: torch.Tensor  # (g + 1,) int32: where each one's rows start among `rows`
+
+
+@dataclass(frozen=True)
 class Windows:
     """One step's windows for the later sliding layers, over the short rows (T', ...)."""
 
-    spans: list  # [(start, end, positions (end - start,) float)]: merged prompts through SDPA
-    groups: dict  # w -> request indices whose rows the kernel takes with window w
-    short_start: list  # (R + 1,) where each request's short rows start
+    spans: list  # [(start, end, mask (n, n) bool)]: merged prompts through SDPA, causal and within the window
+    groups: dict  # w -> Group
+    kernel: dict = field(default_factory=dict)  # w -> (seq_lens, block_table, scheduler metadata): the first layer's
 
 
 def check_impl(impl) -> None:
@@ -51,54 +61,59 @@ def plan(prompt: list[bool], query_start: list[int], short_start: list[int], tru
     and after the cutoff; true (T',) float: each short row's true position; prompts[i]: for a decoding request, its
     prompt's entries' true positions (S',) and its prompt's length P.
     """
-    spans, groups = [], {}
+    spans, requests = [], {}
     for i, whole in enumerate(prompt):
         a, b = short_start[i], short_start[i + 1]
         w = window
         if whole:
             length = query_start[i + 1] - query_start[i]
             if b - a < length and length > window:  # merged, and longer than one window
-                spans.append((a, b, true[a:b]))
+                positions = true[a:b]
+                near = positions[:, None] - positions[None, :] < window  # (n, n)
+                spans.append((a, b, near.tril_()))
                 continue
         else:
             entries, length = prompts[i]
             p = float(true[a])  # the decode row's position
             w = min(window, int(p) - length + 1) + int((entries > p - window).sum())
-        groups.setdefault(w, []).append(i)
-    if not spans and list(groups) in ([window], []):
+        requests.setdefault(w, []).append(i)
+    if not spans and list(requests) in ([window], []):
         return None
-    return Windows(spans, groups, short_start)
+    groups = {}
+    for w, members in requests.items():
+        lengths = torch.tensor([short_start[i + 1] - short_start[i] for i in members])
+        rows = torch.cat([torch.arange(short_start[i], short_start[i + 1]) for i in members])
+        query_start = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        groups[w] = Group(torch.tensor(members), rows, query_start)
+    return Windows(spans, groups)
 
 
 def attend(impl, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
-           metadata, output: torch.Tensor, windows: Windows, window: int) -> torch.Tensor:
+           metadata, output: torch.Tensor, windows: Windows) -> torch.Tensor:
     """The step's attention for one later sliding layer; query, output (T', H, d), key, value (T', H_kv, d); the
     layer's cache already holds this step's keys and values."""
-    for a, b, positions in windows.spans:
-        near = positions[:, None] - positions[None, :] < window  # (n, n)
-        mask = torch.ones_like(near).tril_() & near
+    for a, b, mask in windows.spans:
         q, k, v = (x[a:b].transpose(0, 1)[None] for x in (query, key, value))  # (1, H, n, d), (1, H_kv, n, d)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=impl.scale, enable_gqa=True)
         output[a:b] = out[0].transpose(0, 1)
     blocks, heads, block_size, _ = kv_cache.shape
     key_cache, value_cache = kv_cache.view(blocks, heads, block_size * 2, -1).chunk(2, dim=2)
-    starts = windows.short_start
-    for w, requests in windows.groups.items():
-        rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in requests]).to(query.device)
-        lengths = torch.tensor([starts[i + 1] - starts[i] for i in requests])
-        query_start = F.pad(lengths.cumsum(0), (1, 0)).to(metadata.query_start_loc)
-        index = torch.tensor(requests, device=metadata.seq_lens.device)
-        seq_lens, block_table = metadata.seq_lens[index], metadata.block_table[index]
-        scheduler = ops.cpu_attn_get_scheduler_metadata(
-            num_reqs=len(requests), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
-            head_dim=impl.head_size, seq_lens=seq_lens, dtype=query.dtype, query_start_loc=query_start, causal=True,
-            sliding_window_size=w, isa=layer.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
-            kv_cache_dtype=impl.kv_cache_dtype)
-        out = torch.empty_like(query[rows])
+    for w, group in windows.groups.items():
+        if w not in windows.kernel:  # the later layers share one metadata builder, so one step's metadata
+            seq_lens, block_table = metadata.seq_lens[group.requests], metadata.block_table[group.requests]
+            scheduler = ops.cpu_attn_get_scheduler_metadata(
+                num_reqs=len(group.requests), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
+                head_dim=impl.head_size, seq_lens=seq_lens, dtype=query.dtype, query_start_loc=group.query_start,
+                causal=True, sliding_window_size=w, isa=layer.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+                kv_cache_dtype=impl.kv_cache_dtype)
+            windows.kernel[w] = (seq_lens, block_table, scheduler)
+        seq_lens, block_table, scheduler = windows.kernel[w]
+        rows = query[group.rows]
+        out = torch.empty_like(rows)
         ops.cpu_attention_with_kv_cache(
-            query=query[rows], key_cache=key_cache, value_cache=value_cache, output=out,
-            query_start_loc=query_start, seq_lens=seq_lens, scale=impl.scale, causal=True, alibi_slopes=None,
+            query=rows, key_cache=key_cache, value_cache=value_cache, output=out,
+            query_start_loc=group.query_start, seq_lens=seq_lens, scale=impl.scale, causal=True, alibi_slopes=None,
             sliding_window=w, block_table=block_table, softcap=0, scheduler_metadata=scheduler, s_aux=None,
             k_scale=layer._k_scale_float, v_scale=layer._v_scale_float, kv_cache_dtype=impl.kv_cache_dtype)
-        output[rows] = out
+        output[group.rows] = out
     return output
