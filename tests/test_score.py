@@ -6,7 +6,8 @@ from test_hooks import ids_and_mask
 from tiny import ARCHITECTURES, tiny_model
 
 from slerpmerge.architecture import layer_types
-from slerpmerge.score import AttentionProbe, attention_scores, last_real, neighbour_cosine
+from slerpmerge.probe import AttentionProbe
+from slerpmerge.score import attention_scores, last_real, neighbour_cosine
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -10,7 +10,8 @@ from tiny import ARCHITECTURES, tiny_model
 import slerpmerge
 from slerpmerge.architecture import layer_types
 from slerpmerge.merge import merge_sequence
-from slerpmerge.score import Attended, AttentionProbe, Scoring
+from slerpmerge.probe import AttentionProbe, Scoring
+from slerpmerge.score import Attended
 from slerpmerge.scorers import SCORERS, expected, heavy, importance, last, mixed
 from slerpmerge.settings import MergeSettings, check_options
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 
-from . import compat
-
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # the kinds of layer both adapters can shorten
 
 
 def layer_types(config) -> list[str]:
@@ -39,9 +38,9 @@ def check_model(model) -> None:
         )
     if getattr(config, "use_bidirectional_attention", False) or not getattr(config, "is_causal", True):
         raise ValueError("slerpmerge needs causal attention; this model is configured bidirectional")
-    unknown = set(layer_types(config)) - set(compat.MASK_FUNCTIONS)
+    unknown = set(layer_types(config)) - set(LAYER_TYPES)
     if unknown:
-        raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {sorted(compat.MASK_FUNCTIONS)}")
+        raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {', '.join(LAYER_TYPES)}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .architecture import layer_types
-from .score import AttentionProbe, spread
+from .probe import AttentionProbe
+from .score import spread
 from .scorers import SCORERS
 
 

@@ -30,7 +30,7 @@ from . import methods
 from .architecture import NO_BOS, layer_types, leading_bos
 from .compat import Api, UnknownTransformers
 from .merge import merge_sequence
-from .score import Scoring
+from .probe import Scoring
 from .settings import MergeSettings
 
 @dataclass

@@ -6,15 +6,14 @@
     similarity   the cosine of each token with the one before it (for the pairing rule that merges only
                  similar neighbours)
 
-SDPA returns no attention weights, so scores are computed from the layer's own queries and keys: a probe catches
-the outputs of the layer's query and key projections as the layer computes them and applies the layer's own norms,
-rotary embeddings and scaling to them. The attention score computes W rows of attention again, a few percent of the
-layer at most; `scorers` holds the other ways to rank tokens from the same queries and keys.
+Pure tensor work: SDPA returns no attention weights, so scores are computed again from the layer's own queries and
+keys, which an engine's adapter catches (`probe.py` on a transformers model, the vLLM plugin on its layers). The
+attention score computes W rows of attention again, a few percent of the layer at most; `scorers` holds the other
+ways to rank tokens from the same queries and keys.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,121 +92,3 @@ def attention_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, 
     weight = query_valid.float()[:, None, :, None]  # (B, 1, W, 1)
     each = (probs * weight).sum(2) / weight.sum(2)  # (B, H, S)
     return each if per_head else each.mean(1)
-
-
-class AttentionProbe:
-    """Catches a decoder layer's query and key projections while armed, and scores tokens from them.
-
-    Drives the layer's own modules: ``q_proj`` and ``k_proj`` (or a fused ``qkv_proj``), the optional per-head
-    ``q_norm`` and ``k_norm``, its ``scaling``, and the rotary function of the layer's modeling module. With
-    ``queries=False`` (a keys-only scorer, such as key norms) it neither holds nor rotates the queries: a probe at an
-    early layer would otherwise keep every query alive until the cutoff.
-    """
-
-    def __init__(self, layer, config, sliding_window: int | None, queries: bool = True):
-        attn = layer.self_attn
-        self.attn, self.window, self.queries = attn, sliding_window, queries
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.heads
-        self.rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-        if self.rotary is None or not hasattr(attn, "scaling"):
-            raise ValueError(f"{type(attn).__name__} has no apply_rotary_pos_emb or scaling: cannot score tokens")
-        self.softcap = getattr(attn, "attn_logit_softcapping", None)
-        self.armed = False
-        self.caught: dict = {}
-        fused = getattr(attn, "qkv_proj", None)
-        if fused is not None:
-            self.handles = [fused.register_forward_hook(self._catch("qkv"))]
-        elif hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
-            self.handles = [attn.k_proj.register_forward_hook(self._catch("k"))]
-            if queries:
-                self.handles.append(attn.q_proj.register_forward_hook(self._catch("q")))
-        else:
-            raise ValueError(f"{type(attn).__name__} has neither q_proj/k_proj nor qkv_proj: cannot score tokens")
-        self.handles.append(attn.register_forward_pre_hook(self._catch_rotary, with_kwargs=True))
-
-    def _catch(self, name: str):
-        def hook(module, args, output):
-            if self.armed:
-                self.caught[name] = output
-
-        return hook
-
-    def _catch_rotary(self, module, args, kwargs):
-        if self.armed:
-            self.caught["rotary"] = kwargs.get("position_embeddings")
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def scores(self, mask: torch.Tensor | None, count: int, heads: Sequence[int] | None = None,
-               per_head: bool = False) -> torch.Tensor:
-        """(B, S) attention the last ``count`` real tokens paid each token in the forward just caught ((B, H, S)
-        for each head apart with ``per_head``)."""
-        from .scorers import last
-
-        each = last(self.attended(mask), count)
-        if heads is not None:
-            each = each[:, list(heads)]
-        return each if per_head else each.mean(1)
-
-    def attended(self, mask: torch.Tensor | None) -> Attended:
-        """The queries and keys of the forward just caught, as the layer attends with them."""
-        caught, self.caught = self.caught, {}
-        if "qkv" in caught:
-            split = self.heads * self.head_dim
-            q_all, k_all = caught["qkv"][..., :split], caught["qkv"][..., split:split + self.kv_heads * self.head_dim]
-        else:
-            q_all, k_all = caught.get("q"), caught["k"]
-        batch, seq, _ = k_all.shape
-        if mask is None:
-            mask = torch.ones(batch, seq, dtype=torch.bool, device=k_all.device)
-        k = k_all.view(batch, seq, self.kv_heads, self.head_dim)
-        if getattr(self.attn, "k_norm", None) is not None:
-            k = self.attn.k_norm(k)
-        cos, sin = caught["rotary"]
-        if not self.queries:
-            k = k.transpose(1, 2)
-            _, k = self.rotary(k, k, cos, sin)  # (B, H_kv, S, d); the first is the keys again, in the queries' place
-            return Attended(None, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
-        q = q_all.view(batch, seq, self.heads, self.head_dim)
-        if getattr(self.attn, "q_norm", None) is not None:
-            q = self.attn.q_norm(q)
-        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, S, d), (B, H_kv, S, d)
-        return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
-
-
-class Scoring:
-    """The probes a scored setting reads for one cutoff (a layer per ranking) and the score it keeps tokens by."""
-
-    def __init__(self, layers, config, settings, cutoff: int):
-        from .architecture import layer_types
-        from .scorers import KEYS_ONLY
-
-        self.settings, self.terms = settings, settings.terms(cutoff)
-        types = layer_types(config)
-        queries = {t.layer: False for t in self.terms}
-        for t in self.terms:
-            queries[t.layer] |= t.score not in KEYS_ONLY
-        self.probes = {layer: AttentionProbe(layers[layer], config, config.sliding_window
-                                             if types[layer] == "sliding_attention" else None, wants)
-                       for layer, wants in queries.items()}
-
-    def arm(self, armed: bool) -> None:
-        for probe in self.probes.values():
-            probe.armed = armed
-
-    def remove(self) -> None:
-        for probe in self.probes.values():
-            probe.remove()
-
-    def importance(self, mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, S) from the forward just caught: each ranking's score, interleaved when there are two."""
-        from .scorers import importance, mixed
-
-        attended = {layer: probe.attended(mask) for layer, probe in self.probes.items()}
-        s = self.settings
-        spread_ = s.options["spread"]
-        scores = [importance(attended[t.layer], t.score, s.score_window, t.heads, spread_) for t in self.terms]
-        return scores[0] if len(scores) == 1 else mixed(scores, attended[self.terms[0].layer].mask)

@@ -17,7 +17,7 @@ from transformers import DynamicCache
 from .. import methods
 from ..compat import Api, cache_kwargs
 from ..merge import merge_sequence
-from ..score import Scoring
+from ..probe import Scoring
 from ..settings import MergeSettings
 
 

@@ -23,7 +23,7 @@ from ..compat import cache_kwargs
 from ..patching import merged_lengths, merging
 from ..methods import METHODS
 from ..plan import plan_select
-from ..score import Scoring
+from ..probe import Scoring
 from ..settings import MergeSettings, label
 
 BASELINES = ("base", "truncate", "select")
