@@ -18,15 +18,20 @@ def llama(**slerpmerge):
 
 def engine(**changes):
     base = dict(enable_chunked_prefill=False, max_num_batched_tokens=512, enable_prefix_caching=False,
-                enforce_eager=True, speculative_config=None, pipeline_parallel_size=1)
+                enforce_eager=True, speculative_config=None, pipeline_parallel_size=1, decode_context_parallel_size=1,
+                prefill_context_parallel_size=1, kv_transfer_config=None, kv_sharing_fast_prefill=False)
     base.update(changes)
     return SimpleNamespace(
         scheduler_config=SimpleNamespace(enable_chunked_prefill=base["enable_chunked_prefill"],
                                          max_num_batched_tokens=base["max_num_batched_tokens"]),
-        cache_config=SimpleNamespace(enable_prefix_caching=base["enable_prefix_caching"]),
+        cache_config=SimpleNamespace(enable_prefix_caching=base["enable_prefix_caching"],
+                                     kv_sharing_fast_prefill=base["kv_sharing_fast_prefill"]),
         model_config=SimpleNamespace(max_model_len=512, enforce_eager=base["enforce_eager"]),
-        parallel_config=SimpleNamespace(pipeline_parallel_size=base["pipeline_parallel_size"]),
-        speculative_config=base["speculative_config"])
+        parallel_config=SimpleNamespace(
+            pipeline_parallel_size=base["pipeline_parallel_size"],
+            decode_context_parallel_size=base["decode_context_parallel_size"],
+            prefill_context_parallel_size=base["prefill_context_parallel_size"]),
+        speculative_config=base["speculative_config"], kv_transfer_config=base["kv_transfer_config"])
 
 
 def test_settings_come_from_the_overrides_and_are_checked():
@@ -51,6 +56,10 @@ def test_settings_come_from_the_overrides_and_are_checked():
     (dict(enforce_eager=False), "--enforce-eager"),
     (dict(speculative_config=object()), "speculative"),
     (dict(pipeline_parallel_size=2), "--pipeline-parallel-size 1"),
+    (dict(decode_context_parallel_size=2), "--decode-context-parallel-size 1"),
+    (dict(prefill_context_parallel_size=2), "--prefill-context-parallel-size 1"),
+    (dict(kv_transfer_config=object()), "no --kv-transfer-config"),
+    (dict(kv_sharing_fast_prefill=True), "no --kv-sharing-fast-prefill"),
 ])
 def test_an_engine_flag_that_cannot_work_is_refused_with_the_flag_to_use(change, flag):
     check_engine(engine())  # the arguments engine_args gives pass

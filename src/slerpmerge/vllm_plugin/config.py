@@ -55,7 +55,17 @@ def check_engine(vllm_config) -> None:
         problems.append("pipeline parallelism (a stage boundary would need the merge plan): "
                         "--pipeline-parallel-size 1; tensor parallelism works")
     if getattr(parallel, "decode_context_parallel_size", 1) != 1:
-        problems.append("decode context parallelism: --decode-context-parallel-size 1")
+        problems.append("decode context parallelism (ranks split the full-length sequence): "
+                        "--decode-context-parallel-size 1")
+    if getattr(parallel, "prefill_context_parallel_size", 1) != 1:
+        problems.append("prefill context parallelism (ranks split the prompt the score needs whole): "
+                        "--prefill-context-parallel-size 1")
+    if getattr(vllm_config, "kv_transfer_config", None) is not None:
+        problems.append("KV-cache transfer connectors (disaggregated prefill; another engine would read the later "
+                        "layers' short blocks as full-length ones): no --kv-transfer-config")
+    if getattr(cache, "kv_sharing_fast_prefill", False):
+        problems.append("KV-sharing fast prefill (it skips rows of the later layers by full-length counts): no "
+                        "--kv-sharing-fast-prefill")
     if problems:
         raise ValueError("slerpmerge cannot shorten prompts in this engine: " + "; ".join(problems)
                          + ". slerpmerge.vllm_plugin.engine_args gives working arguments")
