@@ -28,7 +28,7 @@ LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests
 EVAL := .venv-eval
 EVAL_STAMP := $(EVAL)/.installed
 
-.PHONY: demo test test-main test-lowest test-vllm test-eval install peers vllm eval-env
+.PHONY: demo test test-main test-lowest test-vllm test-eval install peers vllm eval-env gpu-check
 
 install: $(STAMP)
 
@@ -80,3 +80,8 @@ test-vllm: $(VLLM_STAMP)
 
 test-eval: $(EVAL_STAMP)
 	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py
+
+# On a CUDA machine only (not part of `make test`): the vLLM tests on the GPU's default backend and TTFT on a
+# random-weight 1B Llama (tools/gpu_check.sh says what the machine needs).
+gpu-check:
+	bash tools/gpu_check.sh
