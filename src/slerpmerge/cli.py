@@ -54,7 +54,7 @@ def _load(args):
 def cmd_generate(args) -> None:
     from .generate import compare, encode, timed_generate
     from .patching import merging
-    from .models import is_chat
+    from .models import check_length, is_chat
 
     prompt = _read_prompt(args)
     model, tokenizer = _load(args)
@@ -63,6 +63,8 @@ def cmd_generate(args) -> None:
         pass
     chat = is_chat(tokenizer, args.model) if args.chat is None else args.chat
     inputs = encode(tokenizer, prompt, chat)
+    check_length(model, inputs["input_ids"].shape[1] + args.max_new_tokens, "give a shorter prompt or fewer "
+                 "--max-new-tokens")
     head = {"model": args.model, **chosen, "prompt_tokens": inputs["input_ids"].shape[1]}
 
     if not args.compare:

@@ -188,6 +188,14 @@ def install(name: str, cache: str | os.PathLike | None = None) -> Path:
     return resolve(name, cache)
 
 
+def check_length(model, tokens: int, fix: str) -> None:
+    """Refuse to run ``tokens`` positions through a model whose context is shorter; ``fix`` says what to ask."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and tokens > limit:
+        raise ValueError(f"{tokens} tokens are more than this model's context of {limit} (max_position_embeddings "
+                         f"in its config): {fix}")
+
+
 def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, cache: str | None = None,
          attn_implementation: str = "sdpa"):
     """Return (model, tokenizer) in eval mode, loaded from local files only."""
