@@ -127,6 +127,7 @@ def test_vllm_args_for_a_builtin_and_a_folder(tmp_path):
     assert line.startswith("vllm serve ") and "--no-enable-chunked-prefill" in line and '"target":0.3' in line
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24}))
     args = json.loads(run("vllm-args", "--json", "--model", str(tmp_path)).stdout)
-    assert args["hf_overrides"]["slerpmerge"]["layer_cutoff"] == 15  # two thirds down, as for any other model
+    assert args["hf_overrides"]["slerpmerge"] == default_settings(24)  # the no-calibration default
+    assert args["hf_overrides"]["slerpmerge"]["layer_cutoff"] == 11
     bad = run("vllm-args", "--model", str(tmp_path), "--method", "nope", check=False)
     assert bad.returncode != 0
