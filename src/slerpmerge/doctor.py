@@ -133,8 +133,8 @@ def run(cache: str | None = None) -> bool:
     print("\n".join(lines))
     print("built-in models (load, then generate 4 tokens while patched with their defaults):")
     for name, builtin in BUILTINS.items() if BUILTIN_CHECK else ():
-        if not builtin.installed():
-            print(f"  {name:26}not installed ({builtin.pip})")
+        if not builtin.installed(cache):
+            print(f"  {name:26}not installed ({builtin.install_command})")
             continue
         try:
             print(f"  {name:26}ok: {check_builtin(name, cache)!r}")

@@ -149,7 +149,7 @@ def shown(tried: list[dict], last: int = 5) -> list[dict]:
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from .models import load
+    from .models import check_length, load
 
     for name in ("target_agreement", "target_retrieval"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -160,6 +160,7 @@ def run(args) -> dict:
     q = args.quick
     length, count = args.length or (256 if q else 1024), args.windows or (8 if q else 24)
     rlength, n_items = args.retrieval_length or (512 if q else 2048), args.items or (4 if q else 8)
+    check_length(model, max(length, rlength), "give a shorter --length or --retrieval-length")
     stream = token_stream(tokenizer, read_texts(args.corpus))
     prose = windows(stream, length, count, args.seed, begin(tokenizer))
     items = [it for t in args.tasks for it in TASKS[t](tokenizer, stream, rlength, n_items, args.seed)]

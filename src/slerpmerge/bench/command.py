@@ -30,7 +30,7 @@ def variants(args, num_layers: int) -> list[dict]:
 def run(args) -> list[dict]:
     from tqdm import tqdm
 
-    from ..models import load
+    from ..models import check_length, load
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model, cache=args.cache_dir)
@@ -38,6 +38,7 @@ def run(args) -> list[dict]:
     model.to(device)
     settings = variants(args, model.config.num_hidden_layers)
     lengths = args.lengths or list(DEFAULT_LENGTHS)
+    check_length(model, max(lengths) + args.decode_tokens, "give shorter --lengths")
     machine = describe_machine(device)
     rows = []
     steps = len(lengths) * (args.runs + 1) * (len(settings) + 1)  # prefill runs, then decode

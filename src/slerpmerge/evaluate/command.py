@@ -70,7 +70,7 @@ def run(args) -> list[dict]:
     import torch
     from tqdm import tqdm
 
-    from ..models import load
+    from ..models import check_length, load
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -79,6 +79,8 @@ def run(args) -> list[dict]:
     size = shape(args)
     for model_name in args.model.split(","):
         model, tokenizer = load(model_name, cache=args.cache_dir)
+        check_length(model, max(size["lengths"] + size["task_lengths"]) + size["gen_tokens"],
+                     "give shorter --lengths and --task-lengths")
         settings = settings_of(args, model.config.num_hidden_layers)
         others = [s for s in settings if s["method"] != "base"]
         lengths = sorted({*size["lengths"], *size["task_lengths"]})
