@@ -69,8 +69,9 @@ def test_generate_prints_both_answers_and_figures():
     (["generate", "hi", "--method", "avg"], "invalid choice: 'avg'"),
     (["generate", "hi", "--max-new-tokens", "9000"], "more than this model's context of 8192 .*: give a shorter "
                                                       "prompt or fewer --max-new-tokens"),
-    (["bench", "--lengths", "8192", "--runs", "1"], r"8256 tokens are more than this model's context of 8192 "
-                                                    r"\(max_position_embeddings in its config\): give shorter --lengths"),
+    (["bench", "--lengths", "8192", "--runs", "1"],
+     r"8256 tokens are more than this model's context of 8192 \(max_position_embeddings in its config\): give "
+     "shorter --lengths"),
 ])
 def test_errors_a_user_can_act_on(args, message):
     import re

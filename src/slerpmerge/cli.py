@@ -123,12 +123,13 @@ def cmd_models(args) -> None:
     print(f"{'name':20}{'layers':>7}{'size':>10}  {'installed':10}{'cached':8}description")
     for b in BUILTINS.values():
         cached = (root / b.name / "slerpmerge.json").exists()
-        print(f"{b.name:20}{b.num_layers:>7}{gigabytes(b.size):>10}  {'yes' if b.installed(args.cache_dir) else 'no':10}"
-              f"{'yes' if cached else 'no':8}{b.description}")
+        installed = "yes" if b.installed(args.cache_dir) else "no"
+        print(f"{b.name:20}{b.num_layers:>7}{gigabytes(b.size):>10}  {installed:10}{'yes' if cached else 'no':8}"
+              f"{b.description}")
         tuned = " (not tuned yet: the no-calibration default)" if b.defaults == settings.default_settings(
             b.num_layers) else ""
         print(f"{'':20}defaults: {settings.label(b.defaults)}{tuned}")
-        if not b.installed(args.cache_dir):
+        if installed == "no":
             print(f"{'':20}install with: {b.install_command}")
     print(f"\ncache: {root}")
 
