@@ -376,3 +376,21 @@ def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(folders, tmp_p
         run_staggered(llm, ids)
         assert caplog.text.count("beginning-of-sequence token (id 1)") == 1
     close(llm)
+
+
+def _warm_up(worker) -> None:
+    """What vLLM runs before serving on other platforms: the profile run (no attention metadata) and FlashInfer's
+    mixed warm-up batch (decode rows and a "prompt" of n of its n + 1 tokens, all pad slots)."""
+    from vllm.model_executor.warmup.attention_warmup import mixed_batch_attention_warmup
+
+    worker.model_runner.profile_run()
+    mixed_batch_attention_warmup(worker)
+
+
+def test_profile_and_warm_up_runs_pass_and_leave_no_trace(folders):
+    settings, ids = SETTINGS["guided"], prompts()
+    llm = start(folders["llama"], settings)
+    llm.collective_rpc(_warm_up)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
