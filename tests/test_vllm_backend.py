@@ -101,3 +101,58 @@ def test_a_field_a_short_step_cannot_carry_is_refused():
     cm.dcp_local_seq_lens = cm.seq_lens
     with pytest.raises(RuntimeError, match="dcp_local_seq_lens"):
         short_metadata(cm, None, Buffers(8, 32, torch.device("cpu")))
+
+
+def test_each_rows_cache_index_is_in_the_buffers():
+    """The later layers' positions under positions="reindex": a prompt's rows 0..S'-1, a decode row P - S' + g."""
+    cm, buffers = mixed_step(), Buffers(8, 32, torch.device("cpu"))
+    shrinks = Shrinks()
+    shrinks.record(7, 3)
+    layout = plan_step(cm.query_start_loc_cpu, cm.seq_lens, cm.block_table_tensor, cm.slot_mapping, BLOCK, shrinks,
+                       lambda n: n // 2)
+    short_metadata(cm, layout, buffers)
+    assert buffers.positions[:8].tolist() == [0, 1, 2, 3, 4, 4, 0, 0]
+
+
+def test_a_decode_step_replays_where_its_graph_was_captured():
+    """FULL_DECODE_ONLY: vLLM captures a graph on a dummy batch of single-token rows (pad slots), then replays it for
+    real decode steps padded to the same size. Every tensor the later layers read must sit where the capture put it
+    and hold the real step's short values."""
+    buffers, fields = Buffers(8, 32, torch.device("cpu")), ("query_start_loc", "seq_lens", "slot_mapping")
+    capture = metadata([0, 1, 2, 3, 4], [1, 1, 1, 1], [-1] * 4, 4)
+    assert is_dummy(capture)
+    captured = short_metadata(capture, None, buffers)
+    shrinks = Shrinks()
+    shrinks.record(2, 5)  # request 0: a prompt of 10 kept 5
+    shrinks.record(7, 3)  # request 1: a prompt of 6 kept 3
+    # two requests decode (their 12th and 8th tokens); two empty rows pad the batch to the graph's 4
+    step = metadata([0, 1, 2, 2, 2], [12, 8, 0, 0], slots_of(TABLE[0].tolist(), [11]) + slots_of(TABLE[1].tolist(), [7])
+                    + [-1, -1], 4)
+    layout = plan_step(step.query_start_loc_cpu, step.seq_lens, step.block_table_tensor, step.slot_mapping, BLOCK,
+                       shrinks, lambda n: n)
+    replayed = short_metadata(step, layout, buffers)
+    for name in fields:
+        assert getattr(replayed, name).data_ptr() == getattr(captured, name).data_ptr(), name
+        assert getattr(replayed, name).shape == getattr(captured, name).shape, name
+    assert replayed.seq_lens.tolist() == [7, 5, 0, 0]  # 12 - 5, 8 - 3
+    assert replayed.slot_mapping.tolist() == slots_of(TABLE[0].tolist(), [6]) + slots_of(TABLE[1].tolist(), [4]) \
+        + [-1, -1]
+    assert replayed.query_start_loc.tolist() == [0, 1, 2, 2, 2]
+    assert buffers.positions[:4].tolist() == [6, 4, 0, 0]
+
+
+def test_graphs_only_where_a_step_keeps_its_shape():
+    """The later layers' builder allows graphs of single-token decode steps at most, and none where its base has none."""
+    from vllm.v1.attention.backend import AttentionCGSupport
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.attention.backends.flex_attention import FlexAttentionBackend
+
+    from slerpmerge.vllm_plugin.backend import shortened_backend
+
+    def support(base):
+        return shortened_backend(base).get_builder_cls().get_cudagraph_support(None, None)
+
+    assert FlexAttentionBackend.get_builder_cls().get_cudagraph_support(None, None) == AttentionCGSupport.ALWAYS
+    assert support(FlexAttentionBackend) == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    assert CPUAttentionBackend.get_builder_cls().get_cudagraph_support(None, None) == AttentionCGSupport.NEVER
+    assert support(CPUAttentionBackend) == AttentionCGSupport.NEVER

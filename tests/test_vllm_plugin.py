@@ -481,3 +481,16 @@ def test_profile_and_warm_up_runs_pass_and_leave_no_trace(folders):
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+
+
+def test_the_decode_graph_flags_are_accepted_and_give_the_same_tokens(folders):
+    """`--compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'` instead of --enforce-eager: vLLM's
+    CPU build captures no graphs, so this runs every step eagerly, through the buffers a GPU's graphs would replay
+    (reindexed positions read from them too)."""
+    settings, ids = SETTINGS["drop-reindex"], prompts()
+    llm = start(folders["llama"], settings, enforce_eager=False,
+                compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"})
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+

@@ -4,9 +4,9 @@ runs. vLLM groups layers by backend class, so the later layers get a builder of 
 keep the engine's metadata untouched.
 
 The short step is a whole `CommonAttentionMetadata` (every length, its CPU copy, the slots; no cache of the long
-step's values), so any builder can read any field of it. Its lengths and slots sit in tensors that live as long as
-the builder, as the engine's own do. vLLM's profile, warm-up and graph-capture runs are not prompts: they pass
-through at full length.
+step's values), so any builder can read any field of it. Its lengths, slots and cache indices sit in tensors that
+live as long as the builder, as the engine's own do, so a CUDA graph of a decode step replays them. vLLM's profile,
+warm-up and graph-capture runs are not prompts: they pass through at full length.
 """
 
 from __future__ import annotations
@@ -23,26 +23,30 @@ from ..merge import merged_length
 from .config import settings_from_config
 from .layout import Shrinks, StepLayout, plan_step
 
-# per-request fields a short step cannot carry over from the long one; the engine flags that set them are refused
+# fields a short step cannot carry over from the long one; the engine features that set them are refused at start
 UNSUPPORTED = ("dcp_local_seq_lens", "logits_indices_padded", "encoder_seq_lens", "mm_req_doc_ranges",
                "rswa_prefix_lens", "replayssm_decode_base_cpu")
 
 
 class Buffers:
-    """The later layers' query starts, sequence lengths and slots: one tensor each for the builder's life, on its
-    device, as the engine keeps its own (a CUDA graph replays the addresses it captured)."""
+    """The later layers' query starts, sequence lengths, slots and cache indices: one tensor each for the builder's
+    life, on its device, as the engine keeps its own (a CUDA graph replays the addresses it captured)."""
 
     def __init__(self, max_reqs: int, max_tokens: int, device: torch.device):
         self.query_start = torch.zeros(max_reqs + 1, dtype=torch.int32, device=device)  # (R_max + 1,)
         self.seq_lens = torch.zeros(max_reqs, dtype=torch.int32, device=device)  # (R_max,)
         self.slots = torch.full((max_tokens,), PAD_SLOT_ID, dtype=torch.int64, device=device)  # (T_max,)
+        self.positions = torch.zeros(max_tokens, dtype=torch.int64, device=device)  # (T_max,) each row's cache index
 
-    def fill(self, query_start: torch.Tensor, seq_lens: torch.Tensor, slots: torch.Tensor):
-        """Copy one step's values in; returns views of the step's length."""
+    def fill(self, query_start: torch.Tensor, seq_lens: torch.Tensor, slots: torch.Tensor,
+             positions: torch.Tensor | None):
+        """Copy one step's values in (``positions`` None: leave them); returns views of the step's length."""
         views = (self.query_start[:query_start.shape[0]], self.seq_lens[:seq_lens.shape[0]],
                  self.slots[:slots.shape[0]])
         for view, value in zip(views, (query_start, seq_lens, slots)):
             view.copy_(value, non_blocking=True)
+        if positions is not None:
+            self.positions[:positions.shape[0]].copy_(positions, non_blocking=True)
         return views
 
 
@@ -55,7 +59,8 @@ def is_dummy(cm: CommonAttentionMetadata) -> bool:
 
 def short_metadata(cm: CommonAttentionMetadata, layout: StepLayout | None, buffers: Buffers) -> CommonAttentionMetadata:
     """The step as the later layers see it: ``cm`` with every length field the layout's (``layout`` None: the
-    engine's own, for a dummy run), in ``buffers``. Tokens past the requests' (graph padding) stay pad slots."""
+    engine's own, for a dummy run), in ``buffers``, and each row's cache index in ``buffers.positions`` (the
+    later positions of `positions="reindex"`). Tokens past the requests' (graph padding) stay pad slots."""
     present = [name for name in UNSUPPORTED if getattr(cm, name) is not None]
     if present:
         raise RuntimeError(f"slerpmerge cannot lay out a short step with {', '.join(present)} set")
@@ -64,7 +69,7 @@ def short_metadata(cm: CommonAttentionMetadata, layout: StepLayout | None, buffe
         query_start_cpu = cm.query_start_loc_cpu[:n + 1]
         seq_lens_cpu = cm.seq_lens_cpu_upper_bound
         query_start, seq_lens, slots = buffers.fill(cm.query_start_loc[:n + 1], cm.seq_lens[:n],
-                                                    cm.slot_mapping[:total])
+                                                    cm.slot_mapping[:total], cm.positions)
         num_tokens, max_query, max_seq = total, cm.max_query_len, cm.max_seq_len  # (a capture's are bounds)
     else:
         pad = total - int(cm.query_start_loc_cpu[n])  # tokens after the last request's (CUDA graph padding)
@@ -72,7 +77,8 @@ def short_metadata(cm: CommonAttentionMetadata, layout: StepLayout | None, buffe
         seq_lens_cpu = layout.seq_lens.to(torch.int32)  # (R,)
         num_tokens = int(layout.short_start[-1]) + pad
         short_slots = torch.cat([layout.slots, torch.full((pad,), PAD_SLOT_ID, dtype=torch.long)])  # (T' + pad,)
-        query_start, seq_lens, slots = buffers.fill(query_start_cpu, seq_lens_cpu, short_slots)
+        cache_index = torch.cat([layout.cache_index, torch.zeros(pad, dtype=torch.long)])  # (T' + pad,)
+        query_start, seq_lens, slots = buffers.fill(query_start_cpu, seq_lens_cpu, short_slots, cache_index)
         query_lens = query_start_cpu[1:] - query_start_cpu[:-1]
         max_query, max_seq = int(query_lens.max()) if n else 0, int(seq_lens_cpu.max()) if n else 0
     return replace(
@@ -100,9 +106,6 @@ def shortened_backend(base: type[AttentionBackend]) -> type[AttentionBackend]:
         supports_update_block_table = False  # the layout differs from the early layers': always build
 
         def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
-            if vllm_config.cache_config.kv_sharing_fast_prefill:
-                raise ValueError("slerpmerge cannot shorten prompts with kv_sharing_fast_prefill (its logits "
-                                 "indices are the long step's): leave --kv-sharing-fast-prefill off")
             super().__init__(kv_cache_spec, layer_names, vllm_config, device)
             self.slerpmerge_settings = settings_from_config(vllm_config.model_config.hf_config)
             self.slerpmerge_shrinks = Shrinks()
@@ -111,7 +114,10 @@ def shortened_backend(base: type[AttentionBackend]) -> type[AttentionBackend]:
 
         @classmethod
         def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
-            return AttentionCGSupport.NEVER  # token counts depend on the prompts
+            """A prompt's rows after the cutoff depend on its length, a decode step's do not: graphs for steps of
+            single-token decodes at most (vLLM's cudagraph_mode FULL_DECODE_ONLY), as far as the base allows."""
+            base = super().get_cudagraph_support(vllm_config, kv_cache_spec)
+            return min(base, AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE, key=lambda support: support.value)
 
         def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
             cm = common_attn_metadata
@@ -128,6 +134,8 @@ def shortened_backend(base: type[AttentionBackend]) -> type[AttentionBackend]:
             # no prefix is common to the short step's requests (prefix caching is off): no cascade attention
             metadata = super().build(0, short, fast_build)
             metadata.slerpmerge_layout = layout
+            metadata.slerpmerge_slots = short.slot_mapping  # (T' + pad,) where the later layers write K and V
+            metadata.slerpmerge_positions = self.slerpmerge_buffers.positions[:short.num_actual_tokens]  # (T' + pad,)
             return metadata
 
     return subclass_attention_backend("Slerpmerge", base, ShortenedBuilder)
