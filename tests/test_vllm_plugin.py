@@ -38,7 +38,7 @@ CONFIGS = {
     "qwen3": lambda: Qwen3Config(**COMMON, head_dim=32),  # q and k norms before the rotary embedding
     "phi3": lambda: Phi3Config(**COMMON),  # fused qkv and gate-up projections
 }
-BACKENDS = ("CPU_ATTN", "FLEX_ATTENTION")
+BACKENDS = ("default", "FLEX_ATTENTION")  # the platform's own (on vLLM's CPU build, CPU_ATTN) and FlexAttention
 LENGTHS = (9, 40, 130, 300)  # the first shorter than its kept ends: it passes unmerged
 ARRIVE = (0, 0, 2, 3)  # the engine step at which each request arrives
 NEW_TOKENS = 6
@@ -61,11 +61,13 @@ def folders(tmp_path_factory):
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """The attention backend every layer runs on (`attention_backend=`). vLLM's CPU build picks its own (CPU_ATTN)
-    whatever it is asked; FLEX_ATTENTION is vLLM's FlexAttention backend (its metadata builder, masks and KV layout)
-    with stand-ins for what the CPU build lacks: the platform's choice, and the CUDA op that writes its KV cache
-    (`_kv_write`, in torch). Its kernel runs as torch's unfused flex_attention (compiled for the CPU it would take
-    minutes)."""
-    if request.param == "FLEX_ATTENTION":
+    whatever it is asked; there FLEX_ATTENTION is vLLM's FlexAttention backend (its metadata builder, masks and KV
+    layout) with stand-ins for what the CPU build lacks: the platform's choice, and the CUDA op that writes its KV
+    cache (`_kv_write`, in torch). Its kernel runs as torch's unfused flex_attention (compiled for the CPU it would
+    take minutes). A CUDA build needs no stand-ins."""
+    from vllm.platforms import current_platform
+
+    if request.param == "FLEX_ATTENTION" and current_platform.is_cpu():
         import vllm.v1.attention.backends.flex_attention as flex
         from torch.nn.attention.flex_attention import flex_attention
         from vllm.platforms.cpu import CpuPlatform
@@ -107,13 +109,14 @@ def _kv_write() -> None:
 def on(backend: str) -> dict:
     """Engine arguments for ``backend``. FlexAttention's unfused kernel reads the whole KV cache for every query,
     so it gets a smaller one (still 2048 tokens a layer)."""
-    return dict(attention_backend=backend, kv_cache_memory_bytes=(4 if backend == "FLEX_ATTENTION" else 32) << 20)
+    return {} if backend == "default" else dict(attention_backend=backend, kv_cache_memory_bytes=4 << 20)
 
 
-def used_backend(llm: LLM) -> set[str]:
-    """The attention backends of the engine's layers (the later layers' are slerpmerge's subclass of one)."""
+def check_backend(llm: LLM, backend: str) -> None:
+    """Every layer runs on ``backend`` (the later layers on slerpmerge's subclass of it)."""
     runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
-    return {group.backend.get_name() for groups in runner.attn_groups for group in groups}
+    used = {group.backend.get_name() for groups in runner.attn_groups for group in groups}
+    assert len(used) == 1 and backend in (*used, "default"), used
 
 
 def prompts() -> list[list[int]]:
@@ -225,12 +228,12 @@ def test_nothing_shortened_equals_stock_vllm(folders):
 ON_FLEX = ("slerp", "guided", "prune", "drop-reindex")
 
 
-@pytest.mark.parametrize("name, backend", [(name, "CPU_ATTN") for name in SETTINGS]
+@pytest.mark.parametrize("name, backend", [(name, "default") for name in SETTINGS]
                          + [(name, "FLEX_ATTENTION") for name in ON_FLEX], indirect=["backend"])
 def test_each_method_equals_the_transformers_path(folders, name, backend):
     settings, ids = SETTINGS[name], prompts()
     llm = start(folders["llama"], settings, **on(backend))
-    assert used_backend(llm) == {backend}
+    check_backend(llm, backend)
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
@@ -239,12 +242,12 @@ def test_each_method_equals_the_transformers_path(folders, name, backend):
     assert max(abs(lp - float(base[-1]["first"][t])) for t, lp in got[-1]["first"].items()) > 1e-3
 
 
-@pytest.mark.parametrize("arch, backend", [(arch, "CPU_ATTN") for arch in ("mistral", "qwen2", "qwen3", "phi3")]
+@pytest.mark.parametrize("arch, backend", [(arch, "default") for arch in ("mistral", "qwen2", "qwen3", "phi3")]
                          + [(arch, "FLEX_ATTENTION") for arch in ("qwen3", "phi3")], indirect=["backend"])
 def test_the_other_architectures(folders, arch, backend):
     settings, ids = SETTINGS["guided"], prompts()
     llm = start(folders[arch], settings, **on(backend))
-    assert used_backend(llm) == {backend}
+    check_backend(llm, backend)
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders[arch], settings, ids)) < TOLERANCE
