@@ -2,9 +2,10 @@
 
 vLLM packs a step's requests into one run of tokens (T, D): request i holds rows query_start[i]..query_start[i+1].
 A request whose whole sequence is this step's query is a prompt; it leaves `merged_length(P)` rows after the cutoff.
-Any other request is decoding one token, which stays one row, or is an empty row that pads a CUDA graph's batch. The later layers' caches hold a request's short
-prompt at cache indices 0..S'-1 and its generated tokens after it, so for as long as the request lives its later
-layers see a sequence `shrink` = P - S' shorter than its early layers do.
+Any other request is decoding one token, which stays one row, or is an empty row that pads a CUDA graph's batch.
+The later layers' caches hold a request's short prompt at cache indices 0..S'-1 and its generated tokens after it,
+so for as long as the request lives its later layers see a sequence `shrink` = P - S' shorter than its early layers
+do.
 """
 
 from __future__ import annotations
