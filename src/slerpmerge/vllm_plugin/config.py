@@ -34,6 +34,16 @@ def settings_from_config(hf_config) -> MergeSettings:
     return settings
 
 
+DECODE_GRAPHS = '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'  # no torch.compile; graphs of decode steps
+
+
+def decode_graphs_only(compilation) -> bool:
+    """Whether an engine's compilation config runs every step eagerly but (perhaps) single-token decode steps,
+    which replay a CUDA graph: nothing compiled, graphs at most FULL_DECODE_ONLY."""
+    graphs = getattr(compilation.cudagraph_mode, "name", "NONE")
+    return compilation.mode == 0 and graphs in ("NONE", "FULL_DECODE_ONLY")
+
+
 def check_engine(vllm_config) -> None:
     """Refuse, with the flag to use, every engine feature that cannot work with shortened rows."""
     sched, cache, model = vllm_config.scheduler_config, vllm_config.cache_config, vllm_config.model_config
@@ -47,8 +57,9 @@ def check_engine(vllm_config) -> None:
                         f"{model.max_model_len}")
     if cache.enable_prefix_caching:
         problems.append("prefix caching (later layers' blocks hold short prompts): --no-enable-prefix-caching")
-    if not model.enforce_eager:
-        problems.append("CUDA graphs / torch.compile (token counts depend on the data): --enforce-eager")
+    if not model.enforce_eager and not decode_graphs_only(vllm_config.compilation_config):
+        problems.append("torch.compile and CUDA graphs of prompt steps (token counts after the cutoff depend on the "
+                        f"prompts): --enforce-eager, or graphs of decode steps only: --compilation-config '{DECODE_GRAPHS}'")
     if vllm_config.speculative_config is not None:
         problems.append("speculative decoding (drafts read the full-length hidden states): no --speculative-config")
     if parallel.pipeline_parallel_size != 1:

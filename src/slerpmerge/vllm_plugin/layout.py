@@ -2,9 +2,10 @@
 
 vLLM packs a step's requests into one run of tokens (T, D): request i holds rows query_start[i]..query_start[i+1].
 A request whose whole sequence is this step's query is a prompt; it leaves `merged_length(P)` rows after the cutoff.
-Any other request is decoding one token, which stays one row. The later layers' caches hold a request's short
-prompt at cache indices 0..S'-1 and its generated tokens after it, so for as long as the request lives its later
-layers see a sequence `shrink` = P - S' shorter than its early layers do.
+Any other request is decoding one token, which stays one row, or is an empty row that pads a CUDA graph's batch.
+The later layers' caches hold a request's short prompt at cache indices 0..S'-1 and its generated tokens after it,
+so for as long as the request lives its later layers see a sequence `shrink` = P - S' shorter than its early layers
+do.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def plan_step(query_start: torch.Tensor, seq_lens: torch.Tensor, block_table: to
     query_start, seq_lens = query_start.long().cpu(), seq_lens.long().cpu()
     num_reqs = seq_lens.shape[0]
     query_lens = query_start[1:] - query_start[:-1]
-    prompt = query_lens == seq_lens
+    prompt = (query_lens == seq_lens) & (query_lens > 0)  # an empty row pads a CUDA graph's batch
     partial = ~prompt & (query_lens > 1)
     if bool(partial.any()):
         i = int(partial.nonzero()[0])
@@ -83,6 +84,9 @@ def plan_step(query_start: torch.Tensor, seq_lens: torch.Tensor, block_table: to
             shrinks.record(first_blocks[i], n - kept)
             short_lens.append(kept)
             shrink.append(n - kept)
+        elif query_lens[i] == 0:
+            short_lens.append(0)
+            shrink.append(0)
         else:
             short_lens.append(1)
             shrink.append(shrinks.lookup(first_blocks[i]))

@@ -53,6 +53,11 @@ class Shortener:
         types = layer_types(hf_config)
         sliding = [types[i] == "sliding_attention" for i in range(cutoff + 1, len(layers))]
         self.window = hf_config.sliding_window if any(sliding) else None
+        graphs = getattr(vllm_config.compilation_config.cudagraph_mode, "name", "NONE")
+        if self.window is not None and graphs != "NONE":
+            raise ValueError("slerpmerge narrows the sliding-window layers after the cutoff step by step, which a "
+                             "CUDA graph cannot replay: --enforce-eager, or a layer_cutoff after the last sliding "
+                             "layer")
         self.prompts: dict[int, tuple[torch.Tensor, int]] = {}  # first KV block -> its prompt's entries' true
         # positions (S',) and length P, for the decode steps of a request with sliding layers after the cutoff
         # Merged tokens sit at their span's mean position; kept ones (prune, drop, reindex) at whole positions,
@@ -104,25 +109,25 @@ class Shortener:
 
         return hook
 
-    def _layout(self):
-        metadata = get_forward_context().attn_metadata
-        if not isinstance(metadata, dict):
-            return None  # a dummy run with no metadata
-        return getattr(metadata.get(self.later_names[0]), "slerpmerge_layout", None)
-
     def _after_cutoff(self, module, args, output):
-        layout = self._layout()
-        if layout is None:
-            return None
+        context = get_forward_context()
+        if not isinstance(context.attn_metadata, dict):
+            return None  # the profile run: no metadata
         step = self.step
+        # The later layers write their K/V at the short rows' slots and (reindex) sit at their cache indices, both
+        # in their builder's buffers: a CUDA graph captured here replays those in each decode step.
+        for name in self.later_names:
+            context.slot_mapping[name] = context.attn_metadata[name].slerpmerge_slots
+        later = context.attn_metadata[self.later_names[0]]
+        if self.settings.positions == "reindex":
+            step["later_positions"] = later.slerpmerge_positions
+        layout = later.slerpmerge_layout
+        if layout is None:
+            return None  # a warm-up or capture run: no prompt to shorten
         positions = step["positions"]
         if self.bos is not None and step["ids"] is not None and bool(layout.prompt.any()):  # CPU: no sync on decode
             first = layout.query_start[:-1][layout.prompt].to(positions.device)  # (N,) each prompt's first row
             self._check_bos(step["ids"][first])
-        for name in self.later_names:  # the later layers write their K/V at the short rows' slots
-            get_forward_context().slot_mapping[name] = layout.slots.to(positions.device)
-        if self.settings.positions == "reindex":
-            step["later_positions"] = layout.cache_index.to(positions.device)
         if not layout.shortened:
             step.setdefault("later_positions", positions)
             self._windows(layout, positions.to(torch.float32))
