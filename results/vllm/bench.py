@@ -5,8 +5,8 @@ Both engines are alive at once and every timed run alternates between them (whic
 the same prompts: windows of Python's own reference prose. The ideal speedup is slerpmerge's work count
 (`slerpmerge.bench.ideal`) for the prompt's short length. One JSON line per (length, engine) goes to --out.
 
-    .venv-vllm/bin/python docs/vllm/bench.py --model smollm2-135m --lengths 1024,2048,4096 --runs 5 \
-        --out docs/vllm/smollm2-135m.jsonl
+    .venv-vllm/bin/python results/vllm/bench.py --model smollm2-135m --lengths 1024,2048,4096 --runs 5 \
+        --out results/vllm/smollm2-135m.jsonl
 """
 
 from __future__ import annotations

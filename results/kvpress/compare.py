@@ -2,7 +2,7 @@
 
 Run from the peers environment (`make peers`), from the repository root:
 
-    .venv-peers/bin/python docs/peers/compare.py --model smollm2-135m --lengths 1024,2048,4096 --out docs/peers
+    .venv-peers/bin/python results/kvpress/compare.py --model smollm2-135m --lengths 1024,2048,4096 --out results/kvpress
 
 Protocol (kvpress's own): the model reads a context, then a question, then answers. A press compresses each
 layer's cache after the context's prefill; slerpmerge merges the context after its cutoff; the question and the
@@ -269,7 +269,7 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=12, help="prose windows per length")
     p.add_argument("--items", type=int, default=12, help="pass key items per length")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="docs/peers")
+    p.add_argument("--out", default="results/kvpress")
     run(p.parse_args())
 
 

@@ -1,10 +1,10 @@
 """eval's retrieval tasks through vLLM, stock and with slerpmerge, beside the transformers path's committed rows.
 
 The items are `slerpmerge eval`'s own (the same tasks, length, count and seed, the same corpus), so each vLLM answer
-sits beside the row docs/results/<model>/results.jsonl holds for the same item: the base model's and the default
+sits beside the row results/quality/<model>/results.jsonl holds for the same item: the base model's and the default
 setting's, computed by the transformers path. Greedy, 8 new tokens, as eval.
 
-    .venv-vllm/bin/python docs/vllm/retrieval.py --model smollm2-135m --out docs/vllm/retrieval-smollm2-135m.json
+    .venv-vllm/bin/python results/vllm/retrieval.py --model smollm2-135m --out results/vllm/retrieval-smollm2-135m.json
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # as docs/vllm/bench.py
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # as results/vllm/bench.py
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 from slerpmerge.evaluate import corpus  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     stream = corpus.token_stream(tokenizer, corpus.default_texts())
     items = [(task, i, item) for task in args.tasks.split(",")
              for i, item in enumerate(TASKS[task](tokenizer, stream, args.length, args.items, 0))]
-    rows = committed(Path("docs/results") / args.model / "results.jsonl", settings, args.length)
+    rows = committed(Path("results/quality") / args.model / "results.jsonl", settings, args.length)
     shortened = engine_args(args.model, settings, max_model_len=args.length + 64, dtype="float32",
                             kv_cache_memory_bytes=2 << 30, seed=0)
     stock = {k: v for k, v in shortened.items() if k != "hf_overrides"}

@@ -1,6 +1,6 @@
 """The tables and the plot of docs/vllm.md from the rows bench.py wrote.
 
-    .venv-vllm/bin/python docs/vllm/report.py docs/vllm/smollm2-135m.jsonl docs/vllm/gemma3-270m.jsonl
+    .venv-vllm/bin/python results/vllm/report.py results/vllm/smollm2-135m.jsonl results/vllm/gemma3-270m.jsonl
 """
 
 from __future__ import annotations

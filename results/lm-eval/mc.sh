@@ -3,7 +3,7 @@
 # multiple-choice task (slerpmerge_mc), both built-in models. keep_end=256 over the default setting: every
 # question + answer is far shorter than keep_start + keep_end (4 + 256 tokens), so no token is merged; the
 # harness's tokenization is its default on both sides (Gemma's tokenizer adds <bos>). From the repository root,
-# in .venv-eval (make eval-env). Writes to $OUT; the per-question comparison to docs/results/lm-eval/$MODEL/mc.jsonl.
+# in .venv-eval (make eval-env). Writes to $OUT; the per-question comparison to results/lm-eval/$MODEL/mc.jsonl.
 set -e
 OUT=${OUT:-/tmp/lmeval-mc}
 VENV=${VENV:-.venv-eval}
@@ -16,7 +16,7 @@ run() {  # backend, model arguments
 for MODEL in ${MODELS:-smollm2-135m gemma3-270m}; do
     run slerpmerge pretrained=$MODEL,keep_end=256  # first: it converts the model into $CACHE/$MODEL if needed
     run hf pretrained=$CACHE/$MODEL,dtype=float32
-    mkdir -p docs/results/lm-eval/$MODEL
-    $VENV/bin/python docs/results/lm-eval/mc_compare.py $OUT/$MODEL-hf $OUT/$MODEL-slerpmerge \
-        > docs/results/lm-eval/$MODEL/mc.jsonl
+    mkdir -p results/lm-eval/$MODEL
+    $VENV/bin/python results/lm-eval/mc_compare.py $OUT/$MODEL-hf $OUT/$MODEL-slerpmerge \
+        > results/lm-eval/$MODEL/mc.jsonl
 done

@@ -6,7 +6,7 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 S=.venv/bin/slerpmerge
-R=docs/results
+R=results/quality
 
 # 1. Which heads find facts, per layer (items of seed 1, apart from eval's seed 0): calibrate.json.
 $S calibrate --model smollm2-135m --threads 2 --out $R/smollm2-135m/calibrate.json

@@ -1,6 +1,6 @@
-"""Tables (markdown, on stdout) and plots (PNG) from the rows docs/peers/compare.py wrote.
+"""Tables (markdown, on stdout) and plots (PNG) from the rows results/kvpress/compare.py wrote.
 
-    .venv/bin/python docs/peers/report.py docs/peers
+    .venv/bin/python results/kvpress/report.py results/kvpress
 """
 
 from __future__ import annotations
@@ -89,4 +89,4 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/peers")
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/kvpress")

@@ -2,7 +2,7 @@
 items, with Wilson 95 % intervals, and how many items it got right where the base model did not or missed where it
 was right; then, per model and length, a grid of right answers: a row per task and shape, a column per method.
 
-    .venv/bin/python docs/later/report.py docs/later/smollm2-135m.jsonl docs/later/gemma3-270m.jsonl
+    .venv/bin/python results/shapes/report.py results/shapes/smollm2-135m.jsonl results/shapes/gemma3-270m.jsonl
 """
 
 from __future__ import annotations

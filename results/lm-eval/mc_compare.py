@@ -1,6 +1,6 @@
 """The `hf` backend's multiple-choice answers beside `slerpmerge`'s, question by question (see mc.sh here).
 
-    python docs/results/lm-eval/mc_compare.py HF_DIR SLERPMERGE_DIR > mc.jsonl
+    python results/lm-eval/mc_compare.py HF_DIR SLERPMERGE_DIR > mc.jsonl
 
 Each folder is an lm-eval --output_path written with --log_samples on slerpmerge_mc. One line per question: each
 side's log-likelihood per choice, its pick by acc (the largest) and acc_norm (by characters, as the harness

@@ -9,8 +9,8 @@ Presses run at the compression ratio that leaves the KV bytes of the built-in de
 default` run the base model and the built-in default. Rows go to <out>/<model>.jsonl, one per (task, shape, length,
 method, item); a rerun skips rows already there. From the repository root:
 
-    .venv-peers/bin/python docs/later/asklater.py --model smollm2-135m --length 2048 --items 24 --task once \
-        --config base --config default --config docs/later/settings/keynorm-early.json
+    .venv-peers/bin/python results/shapes/asklater.py --model smollm2-135m --length 2048 --items 24 --task once \
+        --config base --config default --config results/shapes/settings/keynorm-early.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from slerpmerge.settings import label
 
 ANSWER_TOKENS = 8
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "peers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvpress"))
 try:  # the peers environment
     from compare import decode, pressed, read
 except ImportError:
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--config", action="append", default=[],
                    help="a slerpmerge setting (JSON file), `base` or `default` (the built-in); may repeat")
     p.add_argument("--presses", default="snapkv,streaming,expected,knorm")
-    p.add_argument("--out", default="docs/later")
+    p.add_argument("--out", default="results/shapes")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -4,8 +4,8 @@ first token (p50, p99) and each request's answer, beside the transformers path's
 
 The two servers run one after the other (two on 2 cores would share them); each gets a warm-up round first.
 
-    .venv-vllm/bin/python docs/vllm/serve_bench.py --model smollm2-135m --length 2048 --concurrency 8 --rounds 3 \
-        --out docs/vllm/serve-smollm2-135m.json
+    .venv-vllm/bin/python results/vllm/serve_bench.py --model smollm2-135m --length 2048 --concurrency 8 --rounds 3 \
+        --out results/vllm/serve-smollm2-135m.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from slerpmerge.models import BUILTINS, load
 from slerpmerge.vllm_plugin import engine_args, serve_flags
 
 NEW_TOKENS = 16
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # as docs/vllm/bench.py: steady runs on 2 cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # as results/vllm/bench.py: steady runs on 2 cores
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 S=.venv/bin/slerpmerge
-B=docs/benchmarks
+B=results/benchmarks
 
 # Single cutoffs across the depth (3, 11, 19, 25 of 30 layers), every length 256..4096, 5 timed runs each.
 $S bench --model smollm2-135m --threads 2 --runs 5 --out $B/smollm2-135m-cpu | tee $B/smollm2-135m-cpu.txt
@@ -11,7 +11,7 @@ $S bench --model smollm2-135m --threads 2 --runs 5 --out $B/smollm2-135m-cpu | t
 # The built-in default (guided @14, target 0.25, heads 1,3, keep 4+32): what scoring and merging in rounds cost
 # beside a layer, at 1024 and 2048 tokens.
 $S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 \
-  --config docs/results/smollm2-135m/default.json --out $B/smollm2-135m-cpu-guided | tee $B/smollm2-135m-cpu-guided.txt
+  --config results/quality/smollm2-135m/default.json --out $B/smollm2-135m-cpu-guided | tee $B/smollm2-135m-cpu-guided.txt
 
 # Gemma 3 270M: sliding-window layers (512 tokens) between full ones; cutoffs 2, 6, 11, 14 of 18 layers.
 $S bench --model gemma3-270m --threads 2 --runs 5 --lengths 512,2048 \

@@ -1,8 +1,8 @@
 """The harness's own `vllm` backend with slerpmerge's engine arguments, beside the `slerpmerge` backend (run.sh).
 
-    python docs/results/lm-eval/vllm_backend.py run base|default LM_EVAL_RUN_OPTIONS...   # lm-eval run --model vllm
-    python docs/results/lm-eval/vllm_backend.py args base|default     # only the --model_args JSON
-    python docs/results/lm-eval/vllm_backend.py compare VLLM_BASE VLLM_DEFAULT SLERPMERGE_MC_BASE SLERPMERGE_MC_DEFAULT
+    python results/lm-eval/vllm_backend.py run base|default LM_EVAL_RUN_OPTIONS...   # lm-eval run --model vllm
+    python results/lm-eval/vllm_backend.py args base|default     # only the --model_args JSON
+    python results/lm-eval/vllm_backend.py compare VLLM_BASE VLLM_DEFAULT SLERPMERGE_MC_BASE SLERPMERGE_MC_DEFAULT
 
 `args` prints lm-eval's --model_args for `--model vllm` as one JSON object (lm-eval 0.4.13's `run` command takes a
 JSON dict there; key=value pairs are split on commas, which a JSON hf_overrides cannot survive): the keyword

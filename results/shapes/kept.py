@@ -4,8 +4,8 @@
 
 One row per (shape, item) to <out>; `eval`'s items of a task, seed 0. From the repository root:
 
-    .venv/bin/python docs/later/kept.py --model gemma3-270m --length 4096 --task once \
-        --out docs/later/kept-gemma3-270m-4096.jsonl
+    .venv/bin/python results/shapes/kept.py --model gemma3-270m --length 4096 --task once \
+        --out results/shapes/kept-gemma3-270m-4096.jsonl
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The harness's answers beside `slerpmerge eval`'s, item by item (see run.sh here and docs/results.md).
+"""The harness's answers beside `slerpmerge eval`'s, item by item (see run.sh here and results/quality.md).
 
-    python docs/results/lm-eval/compare.py HARNESS_BASE_DIR HARNESS_DEFAULT_DIR EVAL_DIR > items.jsonl
+    python results/lm-eval/compare.py HARNESS_BASE_DIR HARNESS_DEFAULT_DIR EVAL_DIR > items.jsonl
 
 Each harness folder is an lm-eval --output_path written with --log_samples; EVAL_DIR holds results.jsonl.
 """
