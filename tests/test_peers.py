@@ -14,7 +14,7 @@ from slerpmerge.compat import cache_kwargs, generated_cache
 from slerpmerge.plan import plan_merge
 
 # kvpress 0.5.5 fails on sliding-window caches with or without slerpmerge (the tiny Mistral and Qwen2 have them,
-# Gemma 3's text model too; docs/peers.md): the architectures whose layers all attend in full.
+# Gemma 3's text model too; docs/how-it-works.md): the architectures whose layers all attend in full.
 ARCHS = ("llama", "qwen3", "phi3")
 
 
