@@ -35,16 +35,15 @@ gemma() {  # 16 prose windows of 1024 tokens, 24 items of once and facts at 2048
     --tasks once,facts --task-lengths 2048 --task-items 24
 }
 
-# 2. Quality, one thread per process (two ran at a time). SmolLM2's settings files end with its defaults: guided @14
-# with a mix (the default before), then prune @14 with the same mix (the default now), each measured after the
-# others by re-running the same commands (eval computes only the rows a folder lacks); their speed passes are
-# docs/later.md's (speed-mix-smollm2-135m, speed-prune-smollm2-135m).
+# 2. Quality, one thread per process (two ran at a time). SmolLM2's settings files end with guided @14 and prune @14
+# (the default) with a key-norm mix, measured after the others by re-running the same commands (eval computes only
+# the rows a folder lacks); the default's speed pass is results/shapes/speed-keysonly-smollm2-135m (results/shapes/run.sh).
 smol_prose 1 0
 smol_tasks 1 0
 gemma 1 0
-# Gemma's first run, before eval put <bos> first (items and prose windows without it; every setting but the last,
-# the mix), wrote the same arguments to $R/gemma3-270m with its speed pass there. In gemma3-270m-bos the prose rows
-# of the settings before the mix predate <bos> before prose windows (only items had it then); the mix's begin with it.
+# Gemma's rows (gemma3-270m-bos, gemma3-270m-bos-qa) begin items with <bos>, as eval builds them; $R/gemma3-270m
+# holds its calibration, settings and tune files. Its shortened settings here ran before the sliding layers after the
+# cutoff slid over true positions: docs/results.md reports from these folders only Gemma's base and truncation rows.
 
 # 3. SmolLM2 at 4096 tokens, the moonshot: the pass key stated once and twice, 24 items each; then its speed pass.
 moon() {
@@ -57,7 +56,7 @@ moon 1 0
 # Document QA at 1024 and 2048 tokens: the defaults and truncation (the speeds come from the sweeps' speed pass).
 $S eval --model smollm2-135m --threads 1 --speed-runs 0 --out $R/smollm2-135m --settings $R/smollm2-135m/settings-qa.jsonl \
   --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
-# Gemma's with <bos> first, as eval builds items (the first run, without it, wrote to $R/gemma3-270m):
+# Gemma's with <bos> first, as eval builds items:
 $S eval --model gemma3-270m --threads 1 --speed-runs 0 --out $R/gemma3-270m-bos-qa --settings $R/gemma3-270m/settings-qa.jsonl \
   --lengths 1024 --windows 0 --gen-tokens 8 --tasks qa --task-lengths 1024,2048 --task-items 16
 

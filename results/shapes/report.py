@@ -1,4 +1,4 @@
-"""Tables for docs/later.md from asklater.py's rows: per model, task and shape, each method's right answers of the
+"""Tables for docs/results.md from asklater.py's rows: per model, task and shape, each method's right answers of the
 items, with Wilson 95 % intervals, and how many items it got right where the base model did not or missed where it
 was right; then, per model and length, a grid of right answers: a row per task and shape, a column per method.
 
