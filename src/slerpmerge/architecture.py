@@ -48,7 +48,7 @@ def leading_bos(path: str) -> int | None:
     """The beginning-of-sequence id that the tokenizer saved at ``path`` (a model's folder, or a name in the local
     cache) puts first, or None where it adds none or none is at hand offline. A shortened model leans on its first
     tokens as an attention sink; without the token it was trained to begin with they are no sink, and far facts
-    go (docs/later.md)."""
+    go (docs/how-it-works.md)."""
     if not path:
         return None
     from transformers import AutoTokenizer

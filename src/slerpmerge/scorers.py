@@ -15,7 +15,7 @@ Each returns (B, H, S); `importance` averages the chosen heads and spreads the s
 setting with a `mix` ranks twice (say `last` at the cutoff and `keynorm` at layer 2) and `mixed` interleaves the two
 rankings, so each keeps about half of the kept tokens: what the question asks for, and what holds facts without one.
 The hooks (transformers) and the vLLM plugin both call `importance`; neither knows which scorer runs. What each
-finds with and without a question, and what it costs, is measured in docs/later.md.
+finds with and without a question, and what it costs, is measured in docs/results.md.
 """
 
 from __future__ import annotations

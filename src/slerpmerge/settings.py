@@ -238,10 +238,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", type=float, help="scored methods: fraction of tokens left after the cutoff")
     g.add_argument("--protect", type=float, help="guided methods: share of those kept exact")
     g.add_argument("--score", choices=list(SCORERS), help="scored methods: how tokens are ranked ('keynorm', "
-                   "'heavy' and 'expected' need no question: for a context asked about later, docs/later.md)")
+                   "'heavy' and 'expected' need no question: for a context asked about later, docs/settings.md)")
     g.add_argument("--score-layer", type=int, help="scored methods: rank tokens at this layer (default: the cutoff)")
     g.add_argument("--mix", type=mix_term, help="scored methods: a second ranking that shares the kept tokens, "
-                   "SCORE[@LAYER][:HEADS], e.g. keynorm@2:0 (docs/later.md)")
+                   "SCORE[@LAYER][:HEADS], e.g. keynorm@2:0 (docs/settings.md)")
     g.add_argument("--window", type=int, help="scored methods: last tokens whose attention scores")
     g.add_argument("--heads", type=ints, help="scored methods: query heads that score (from a calibration)")
     g.add_argument("--spread", type=int, help="scored methods: a token scores the best within this many of it")

@@ -2,9 +2,9 @@
 retrieval tasks at or above their targets.
 
 Candidates: every method's own option values (`Method.tune`) at cutoffs across the depth, with exact recent windows
-of 32, 128 and 256 tokens (the longest keeps prose at 2x, docs/later.md; quick: the first two); scored methods with
+of 32, 128 and 256 tokens (the longest keeps prose at 2x, docs/results.md; quick: the first two); scored methods with
 all heads, with the heads `calibrate` chooses for their cutoff, and with those and a `mix`: the key norms of the
-layer at or before the cutoff whose heads rank facts best with their question cut off (docs/later.md). Speed is the
+layer at or before the cutoff whose heads rank facts best with their question cut off (docs/settings.md). Speed is the
 ideal speedup at the retrieval length (the measured speedup follows it closely, docs/benchmarks.md, and is far
 noisier on a few windows).
 Candidates are tried from the fastest down, retrieval first (one lost answer ends a candidate); the first that meets
