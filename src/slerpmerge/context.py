@@ -98,9 +98,12 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         _check_reselect(merger.settings)
     cache = DynamicCache(config=model.config)
 
+    # the positions generate gives a left-padded prompt, and so its questions: each row counts its real tokens
+    positions = (attention_mask.long().cumsum(1) - 1).masked_fill(attention_mask == 0, 1)
+
     def forward():
-        model(input_ids, attention_mask=attention_mask, **cache_kwargs(model, cache), use_cache=True,
-              logits_to_keep=1)
+        model(input_ids, attention_mask=attention_mask, position_ids=positions, **cache_kwargs(model, cache),
+              use_cache=True, logits_to_keep=1)
 
     if reselect:
         return Context(model, input_ids, attention_mask, cache, dict(settings=merger.settings,
