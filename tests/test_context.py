@@ -153,6 +153,20 @@ def test_a_question_on_a_kept_context_answers_as_one_prompt(arch, method):
     torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_short_context_whose_keys_the_question_pushes_out_of_a_sliding_cache():
+    """Mistral's sliding caches (8) hold all 6 context tokens after the read, but not once the question's 10 have
+    run: the key-norm mix at layer 0 must still rank by the context's own keys."""
+    model = tiny_model("mistral")
+    context, question = ids(34, 1, 6), ids(35, 1, 10)
+    settings = dict(layer_cutoff=1, method="prune", target=0.5, window=4, keep_end=0,
+                    mix={"score": "keynorm", "layer": 0})
+    got, got_logits, entries = answers(model, settings, context, question, reselect=True)
+    want, want_logits, want_entries = answers(model, one_prompt(settings, 6, 10), context, question, reselect=None)
+    assert entries.shape[1] == 3 + 10
+    torch.testing.assert_close(entries, want_entries)
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("positions", ["original", "reindex"])
 def test_a_question_on_a_kept_context_answers_as_one_prompt_with_each_positions(positions):
     model = tiny_model("gemma3")

@@ -312,8 +312,8 @@ class Merger:
         call, size = self.call, hidden.shape[1]
         keys = {}
         for layer, probe in self.scorings[0].probes.items():
-            if call.cache.layers[layer].keys.shape[-2] < size:  # a sliding cache keeps only its window
-                keys[layer] = probe.attended(call.mask).keys
+            if probe.window is not None:  # a sliding cache keeps only its window, and a question's tokens push
+                keys[layer] = probe.attended(call.mask).keys  # the context's out of it
         mask = None if call.mask is None or bool(call.mask.all()) else call.mask.bool()
         return Kept(hidden, mask, call.positions, keys, held(call.cache))
 
@@ -325,6 +325,9 @@ class Merger:
         self.kept = None
         batch, q, _ = hidden.shape
         size = kept.hidden.shape[1]
+        if batch != kept.hidden.shape[0]:
+            raise ValueError(f"the context has {kept.hidden.shape[0]} rows, the question's forward {batch} "
+                             "(num_beams or num_return_sequences repeat rows: ask each row as a question of its own)")
         positions = call.positions if call.positions is not None else torch.arange(size, size + q, device=hidden.device)[None]
         positions = positions.expand(batch, q).to(hidden.device)
         question = (call.pad_mask[:, size:].bool() if call.pad_mask is not None
