@@ -258,6 +258,9 @@ def test_bad_use_of_a_kept_context_is_refused():
         kept = slerpmerge.prefill(model, context, reselect=True)
         with pytest.raises(ValueError, match="rows"):
             kept.generate(ids(34, 2, 3))
+        for repeat in (dict(num_beams=2), dict(num_return_sequences=2, do_sample=True)):
+            with pytest.raises(ValueError, match="num_beams"):
+                kept.generate(ids(34, 1, 3), max_new_tokens=2, **repeat)
         pressed = slerpmerge.prefill(model, context, reselect=True)
         layer = pressed.cache.layers[0]
         layer.keys, layer.values = layer.keys[:, :, ::2], layer.values[:, :, ::2]  # what a press does

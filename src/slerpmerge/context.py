@@ -41,6 +41,11 @@ class Context:
             raise ValueError("the model is no longer patched as it was when the context was prefilled")
         if input_ids.shape[0] != self.input_ids.shape[0]:
             raise ValueError(f"the context has {self.input_ids.shape[0]} rows, the question {input_ids.shape[0]}")
+        config = kwargs.get("generation_config") or self.model.generation_config
+        if any(kwargs.get(name, getattr(config, name, 1)) not in (None, 1)
+               for name in ("num_beams", "num_return_sequences")):
+            raise ValueError("a question continues each of the context's rows once: no num_beams or "
+                             "num_return_sequences (they repeat rows the context's cache holds once)")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if input_ids.shape[1] == 0 or not bool(attention_mask.bool().any(1).all()):

@@ -325,9 +325,6 @@ class Merger:
         self.kept = None
         batch, q, _ = hidden.shape
         size = kept.hidden.shape[1]
-        if batch != kept.hidden.shape[0]:
-            raise ValueError(f"the context has {kept.hidden.shape[0]} rows, the question's forward {batch} "
-                             "(num_beams or num_return_sequences repeat rows: ask each row as a question of its own)")
         positions = call.positions if call.positions is not None else torch.arange(size, size + q, device=hidden.device)[None]
         positions = positions.expand(batch, q).to(hidden.device)
         question = (call.pad_mask[:, size:].bool() if call.pad_mask is not None
