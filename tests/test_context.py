@@ -73,7 +73,8 @@ def test_left_padded_rows_answer_as_each_row_alone():
     kw = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with slerpmerge.merging(model, **GUIDED):
         both = slerpmerge.prefill(model, context, mask).generate(question, **kw)
-        alone = [slerpmerge.prefill(model, row).generate(question[i:i + 1], **kw) for i, row in enumerate((long, short))]
+        alone = [slerpmerge.prefill(model, row).generate(question[i:i + 1], **kw)
+                 for i, row in enumerate((long, short))]
     assert both.sequences[0, 40:].tolist() == alone[0].sequences[0, 40:].tolist()
     assert both.sequences[1, 40:].tolist() == alone[1].sequences[0, 32:].tolist()
     for i, one in enumerate(alone):  # a padded row's context sits at the positions generate gives its question

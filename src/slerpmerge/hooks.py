@@ -10,13 +10,13 @@ Nothing of an architecture's forward is copied. Three kinds of hooks ride on the
 
 The cache of layers 0..cutoff holds the full prompt, that of later layers the merged prompt (merged again after
 each further cutoff); decode steps append their token to all. What a prefill learned (merged padding masks,
-position shifts, each entry's true position) stays for its decode steps.
+position shifts, each entry's true position) stays for its decode steps. A sliding-window layer after a cutoff slides
+over true positions: its window of W tokens holds fewer than W merged entries, the text the base model's layer sees.
 
 A context kept for reselection (`read`) stops at the cutoff: the early layers' cache and the cutoff's output are all
 it keeps. A question then continues it (`reselect`): the early layers run on the question's tokens against that
 cache, the context's tokens are ranked by the question's own queries and planned as a prefill would plan them, and
-the later layers read the chosen tokens and the whole question as the prefill of both. A sliding-window layer after a cutoff slides
-over true positions: its window of W tokens holds fewer than W merged entries, the text the base model's layer sees.
+the later layers read the chosen tokens and the whole question as the prefill of both.
 """
 
 from __future__ import annotations
@@ -145,7 +145,6 @@ class Merger:
         self.inputs: list[_LayerInputs | None] = [None] * len(self.stages)  # per stage, for that call
         # The last prefill, kept for its decode steps:
         self.prefill: list[_Prefill] = []  # per stage
-        self.kept: Kept | None = None  # the kept context the call under way continues
         self.prefill_cache = None  # a weak reference to the cache it filled
         self.prompt_len = 0  # S, the prompt's length before any merge
         self.since_prompt = 0  # tokens fed since the prompt (counted: a compressed cache would under-count them)
@@ -153,6 +152,7 @@ class Merger:
         self.bos = leading_bos(str(getattr(model, "name_or_path", "") or ""))  # warned about once, then None
         self.reading = False  # the next prefill stops at the cutoff (`read`)
         self.pending = None  # (Kept, weak reference to the cache its question runs on), until that forward
+        self.kept: Kept | None = None  # the kept context the call under way continues
 
     def snapshot(self) -> dict:
         """What the last prefill left for its decode steps, for `resume` to continue a copy of its cache."""
@@ -325,8 +325,10 @@ class Merger:
         self.kept = None
         batch, q, _ = hidden.shape
         size = kept.hidden.shape[1]
-        positions = call.positions if call.positions is not None else torch.arange(size, size + q, device=hidden.device)[None]
-        positions = positions.expand(batch, q).to(hidden.device)
+        positions = call.positions  # (B, q) the question's true positions
+        if positions is None:
+            positions = torch.arange(size, size + q, device=hidden.device)[None]
+        positions = positions.expand(batch, q)
         question = (call.pad_mask[:, size:].bool() if call.pad_mask is not None
                     else torch.ones(batch, q, dtype=torch.bool, device=hidden.device))
         context = kept.mask if kept.mask is not None else torch.ones(batch, size, dtype=torch.bool,
