@@ -12,6 +12,11 @@ The cache of layers 0..cutoff holds the full prompt, that of later layers the me
 each further cutoff); decode steps append their token to all. What a prefill learned (merged padding masks,
 position shifts, each entry's true position) stays for its decode steps. A sliding-window layer after a cutoff slides
 over true positions: its window of W tokens holds fewer than W merged entries, the text the base model's layer sees.
+
+A context kept for reselection (`read`) stops at the cutoff: the early layers' cache and the cutoff's output are all
+it keeps. A question then continues it (`reselect`): the early layers run on the question's tokens against that
+cache, the context's tokens are ranked by the question's own queries and planned as a prefill would plan them, and
+the later layers read the chosen tokens and the whole question as the prefill of both.
 """
 
 from __future__ import annotations
@@ -53,6 +58,24 @@ class _Prefill:
 
 
 @dataclass
+class Kept:
+    """A context read up to the cutoff (`Merger.read`), for questions to choose their own tokens from."""
+
+    hidden: torch.Tensor  # (B, S, D): the cutoff's output for every context token
+    mask: torch.Tensor | None  # (B, S) bool real tokens, or None when no row is padded
+    positions: torch.Tensor  # (B, S): the tokens' true positions
+    keys: dict  # score layer -> (B, H_kv, S, d) its keys, where its (sliding) cache does not hold them all
+    held: tuple  # entries each layer's cache held after the read (`held`): a press that changes one is caught
+
+
+class _Read(Exception):
+    """Raised at the cutoff of a read: the later layers have nothing to do."""
+
+    def __init__(self, kept: Kept):
+        self.kept = kept
+
+
+@dataclass
 class _Forward:
     """One call of the decoder, from its pre-hook to its forward hook."""
 
@@ -64,6 +87,7 @@ class _Forward:
     positions: torch.Tensor | None = None  # (B, q) true positions of this call's tokens (prefill: of the sequence
     # as the next cutoff receives it, i.e. merged means after each stage)
     mask: torch.Tensor | None = None  # prefill: (B, S_k) padding mask of that sequence, or None
+    reselect: bool = False  # a question continuing a kept context: the first cutoff chooses its tokens
 
 
 @dataclass
@@ -126,6 +150,9 @@ class Merger:
         self.since_prompt = 0  # tokens fed since the prompt (counted: a compressed cache would under-count them)
         self.right_padded = False
         self.bos = leading_bos(str(getattr(model, "name_or_path", "") or ""))  # warned about once, then None
+        self.reading = False  # the next prefill stops at the cutoff (`read`)
+        self.pending = None  # (Kept, weak reference to the cache its question runs on), until that forward
+        self.kept: Kept | None = None  # the kept context the call under way continues
 
     def snapshot(self) -> dict:
         """What the last prefill left for its decode steps, for `resume` to continue a copy of its cache."""
@@ -137,6 +164,25 @@ class Merger:
         self.prefill = list(state["prefill"])
         self.prefill_cache = weakref.ref(cache)
         self.prompt_len, self.since_prompt, self.right_padded = state["prompt_len"], 0, state["right_padded"]
+
+    def read(self, forward: Callable[[], object]) -> Kept:
+        """Run ``forward`` (a prefill of a context into an empty cache) up to the first cutoff only, and keep what a
+        question needs to choose its own tokens: the cutoff's output and the context's keys at the score layers."""
+        self.reading = True
+        try:
+            forward()
+        except _Read as done:
+            return done.kept
+        finally:
+            self.reading, self.call, self.inputs = False, None, [None] * len(self.stages)
+            for scoring in self.scorings:
+                scoring.arm(False)
+                scoring.clear()
+        raise RuntimeError("the forward ended without reaching the cutoff")
+
+    def reselect(self, kept: Kept, cache) -> None:
+        """Let the next forward on ``cache`` (a copy of a read's cache) choose the context's tokens by its queries."""
+        self.pending = (kept, weakref.ref(cache))
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -168,8 +214,14 @@ class Merger:
         if past == 0 and self.bos is not None and kwargs.get("input_ids") is not None:
             self._check_bos(kwargs["input_ids"], mask)
         self.call = _Forward(mask, past, queries)
+        if self.pending is not None and self.pending[1]() is cache:  # a question on a kept context
+            kept, self.pending = self.pending[0], None
+            if past != kept.hidden.shape[1]:
+                raise ValueError(f"a question continues its context from the context's end ({kept.hidden.shape[1]} "
+                                 f"tokens), not from {past}")
+            self.call.reselect, self.kept = True, kept
         for scoring in self.scorings:
-            scoring.arm(past == 0)
+            scoring.arm(past == 0 or self.call.reselect)
 
     def _check_bos(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         first = ids[:, 0] if mask is None else ids.gather(1, mask.int().argmax(1, keepdim=True))[:, 0]  # (B,)
@@ -192,7 +244,12 @@ class Merger:
             if k == 0:
                 call.cache = self.api.cache(kwargs)
                 call.positions = kwargs.get("position_ids")  # true: later cutoffs get their stage's own
+            if call.reselect:
+                hidden = self._reselect(hidden)
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
             if call.past == 0:
+                if self.reading:
+                    raise _Read(self._keep(hidden))
                 hidden = self._prefill(k, hidden)
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
             self._decode(k, hidden)
@@ -228,20 +285,67 @@ class Merger:
         scores = self.scorings[k].importance(call.mask) if self.scorings else None
         merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
                                 s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
-        real = merged.plan.mask  # (B, S_k)
-        seen, shift = merged.positions, 0
+        return self._enter(k, merged.hidden_states, merged.plan.mask, merged.positions)
+
+    def _enter(self, k: int, hidden: torch.Tensor, real: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Stage k's prefill input: ``hidden`` (B, S_k, D), its real tokens (B, S_k) and their true positions."""
+        call, s = self.call, self.settings
+        seen, shift = positions, 0
         if s.positions == "reindex":
             seen = (real.long().cumsum(1) - 1).clamp(min=0)
             last = _last_real(real)[:, None]
-            shift = merged.positions.gather(1, last).round().long() - seen.gather(1, last)
-        record = _Prefill(None if bool(real.all()) else real, merged.plan.length, shift, merged.positions)
+            shift = positions.gather(1, last).round().long() - seen.gather(1, last)
+        record = _Prefill(None if bool(real.all()) else real, hidden.shape[1], shift, positions)
         self.prefill.append(record)
-        call.mask, call.positions = record.mask, merged.positions
-        entries = merged.positions if self._slides(k, self.prompt_len) else None
-        self.inputs[k] = _LayerInputs(merged.hidden_states, seen, record.mask, 0, reuse=False, entries=entries)
+        call.mask, call.positions = record.mask, positions
+        entries = positions if self._slides(k, self.prompt_len) else None
+        self.inputs[k] = _LayerInputs(hidden, seen, record.mask, 0, reuse=False, entries=entries)
         for layer_type in self.stages[k].mask_layer:  # now, while the stage's input is at hand
             self.inputs[k].built[layer_type] = self._layer_kwargs(k, layer_type)
-        return merged.hidden_states
+        return hidden
+
+    # -- a kept context: read up to the cutoff once, then each question chooses its tokens -------------------------
+
+    def _keep(self, hidden: torch.Tensor) -> Kept:
+        """At a read's cutoff: what questions need of the context (the later layers never run)."""
+        self._start_prefill(hidden)
+        call, size = self.call, hidden.shape[1]
+        keys = {}
+        for layer, probe in self.scorings[0].probes.items():
+            if probe.window is not None:  # a sliding cache keeps only its window, and a question's tokens push
+                keys[layer] = probe.attended(call.mask).keys  # the context's out of it
+        mask = None if call.mask is None or bool(call.mask.all()) else call.mask.bool()
+        return Kept(hidden, mask, call.positions, keys, held(call.cache))
+
+    def _reselect(self, hidden: torch.Tensor) -> torch.Tensor:
+        """At the cutoff of a question (B, Q, D) on a kept context: rank the context's tokens by the question's
+        queries, plan them as the method does (the settings' ends apply to the context), and hand the later layers
+        the chosen tokens and the whole question, as the prefill of both."""
+        call, s, kept = self.call, self.settings, self.kept
+        self.kept = None
+        batch, q, _ = hidden.shape
+        size = kept.hidden.shape[1]
+        positions = call.positions  # (B, q) the question's true positions
+        if positions is None:
+            positions = torch.arange(size, size + q, device=hidden.device)[None]
+        positions = positions.expand(batch, q)
+        question = (call.pad_mask[:, size:].bool() if call.pad_mask is not None
+                    else torch.ones(batch, q, dtype=torch.bool, device=hidden.device))
+        context = kept.mask if kept.mask is not None else torch.ones(batch, size, dtype=torch.bool,
+                                                                    device=hidden.device)
+        keys = {layer: kept.keys[layer] if layer in kept.keys else call.cache.layers[layer].keys[:, :, :size]
+                for layer in self.scorings[0].probes}
+        window = min(s.score_window, int(question.sum(1).min()))  # the question's own last tokens score
+        scores = self.scorings[0].importance(torch.cat([context, question], 1), keys, window)[:, :size]
+        merged = merge_sequence(kept.hidden, context, s.keep_start, s.keep_end, s.method, kept.positions,
+                                s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
+        # from here on this call is the prefill of the chosen context and the question
+        self.prefill, self.prefill_cache = [], weakref.ref(call.cache)
+        self.prompt_len, self.since_prompt = size + q, 0
+        self.right_padded = not bool(question[:, -1].all())
+        call.past = 0
+        return self._enter(0, torch.cat([merged.hidden_states, hidden], 1), torch.cat([merged.plan.mask, question], 1),
+                           torch.cat([merged.positions, positions.to(merged.positions.dtype)], 1))
 
     def _start_prefill(self, hidden: torch.Tensor) -> None:
         call = self.call
@@ -351,6 +455,11 @@ class Merger:
         if mask.dtype == torch.bool:
             return mask & near
         return mask.masked_fill(~near, torch.finfo(mask.dtype).min)  # eager's additive mask
+
+
+def held(cache: DynamicCache) -> tuple[int, ...]:
+    """The entries each layer's cache holds (0 for a layer not yet written)."""
+    return tuple(layer.keys.shape[-2] if layer.is_initialized else 0 for layer in cache.layers)
 
 
 def _last_real(mask: torch.Tensor) -> torch.Tensor:

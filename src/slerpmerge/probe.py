@@ -72,8 +72,10 @@ class AttentionProbe:
             each = each[:, list(heads)]
         return each if per_head else each.mean(1)
 
-    def attended(self, mask: torch.Tensor | None) -> Attended:
-        """The queries and keys of the forward just caught, as the layer attends with them."""
+    def attended(self, mask: torch.Tensor | None, past: torch.Tensor | None = None) -> Attended:
+        """The queries and keys of the forward just caught, as the layer attends with them. ``past`` (B, H_kv, P, d):
+        the keys of P tokens before them (a kept context), whose queries are gone: they read as zeros, and
+        ``mask`` (B, P + S) covers both."""
         caught, self.caught = self.caught, {}
         if "qkv" in caught:
             split = self.heads * self.head_dim
@@ -81,8 +83,9 @@ class AttentionProbe:
         else:
             q_all, k_all = caught.get("q"), caught["k"]
         batch, seq, _ = k_all.shape
+        before = 0 if past is None else past.shape[2]
         if mask is None:
-            mask = torch.ones(batch, seq, dtype=torch.bool, device=k_all.device)
+            mask = torch.ones(batch, before + seq, dtype=torch.bool, device=k_all.device)
         k = k_all.view(batch, seq, self.kv_heads, self.head_dim)
         if getattr(self.attn, "k_norm", None) is not None:
             k = self.attn.k_norm(k)
@@ -90,12 +93,19 @@ class AttentionProbe:
         if not self.queries:
             k = k.transpose(1, 2)
             _, k = self.rotary(k, k, cos, sin)  # (B, H_kv, S, d); the first is the keys again, in the queries' place
-            return Attended(None, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
+            return Attended(None, _after(past, k), mask.bool(), self.attn.scaling, self.window, self.softcap,
+                            self.heads)
         q = q_all.view(batch, seq, self.heads, self.head_dim)
         if getattr(self.attn, "q_norm", None) is not None:
             q = self.attn.q_norm(q)
         q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, S, d), (B, H_kv, S, d)
-        return Attended(q, k, mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
+        if past is not None:
+            q = torch.cat([q.new_zeros(batch, self.heads, before, self.head_dim), q], 2)
+        return Attended(q, _after(past, k), mask.bool(), self.attn.scaling, self.window, self.softcap, self.heads)
+
+
+def _after(past: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+    return keys if past is None else torch.cat([past.to(keys.dtype), keys], 2)
 
 
 class Scoring:
@@ -119,10 +129,20 @@ class Scoring:
         for probe in self.probes.values():
             probe.remove()
 
-    def importance(self, mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, S) from the forward just caught: each ranking's score, interleaved when there are two."""
-        attended = {layer: probe.attended(mask) for layer, probe in self.probes.items()}
+    def clear(self) -> None:
+        for probe in self.probes.values():
+            probe.caught = {}
+
+    def importance(self, mask: torch.Tensor | None, past: dict | None = None,
+                   window: int | None = None) -> torch.Tensor:
+        """(B, S) from the forward just caught: each ranking's score, interleaved when there are two. ``past``:
+        layer -> the keys (B, H_kv, P, d) of tokens before the forward's (`AttentionProbe.attended`), ``mask``
+        (B, P + S) then covers both and so do the scores; ``window``: score by that many last queries instead of
+        the settings' window."""
+        attended = {layer: probe.attended(mask, None if past is None else past[layer])
+                    for layer, probe in self.probes.items()}
         s = self.settings
         spread_ = s.options["spread"]
-        scores = [importance(attended[t.layer], t.score, s.score_window, t.heads, spread_) for t in self.terms]
+        scores = [importance(attended[t.layer], t.score, window or s.score_window, t.heads, spread_)
+                  for t in self.terms]
         return scores[0] if len(scores) == 1 else mixed(scores, attended[self.terms[0].layer].mask)
