@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from vllm.v1.attention.backend import AttentionBackend, AttentionCGSupport, subclass_attention_backend
 
-from ..merge import merged_length
 from .config import settings_from_config
+from .kvspec import short_length
 from .layout import Shrinks, plan_step
 
 
@@ -39,7 +39,7 @@ def shortened_backend(base: type[AttentionBackend]) -> type[AttentionBackend]:
             layout = plan_step(cm.query_start_loc_cpu[:cm.num_reqs + 1], cm.seq_lens[:cm.num_reqs],
                                cm.block_table_tensor, cm.slot_mapping[:cm.num_actual_tokens],
                                self.kv_cache_spec.block_size, self.slerpmerge_shrinks,
-                               lambda n: merged_length(n, settings))
+                               lambda n: short_length(n, settings))
             device = cm.query_start_loc.device
             query_lens = layout.short_start[1:] - layout.short_start[:-1]
             seq_lens = layout.seq_lens
