@@ -18,7 +18,7 @@ PEERS_STAMP := $(PEERS)/.installed
 # `import transformers` under the CPU torch; text models need none of them, so they go.
 VLLM := .venv-vllm
 VLLM_STAMP := $(VLLM)/.installed
-VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_sliding.py tests/test_vllm_layout.py tests/test_vllm_config.py
+VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_kvspec.py tests/test_vllm_sliding.py tests/test_vllm_layout.py tests/test_vllm_config.py
 LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests/test_score.py tests/test_methods.py \
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py tests/test_context.py \
