@@ -203,7 +203,8 @@ class BlockWatch:
         self.written: dict = {}  # (request, group) -> slots written since then
         self.held: dict = {}  # (request, group) -> blocks held at its last step
         self.problems: list[str] = []
-        self.freed_below_window = False
+        self.freed_below_window = False  # before the cutoff, by vLLM
+        self.freed_after_cutoff = False
         context = self.runner.compilation_config.static_forward_context
         for name in later:
             context[name].register_forward_pre_hook(self._watch(name, group_of[name]))
@@ -235,7 +236,13 @@ class BlockWatch:
             blocks = [b.block_id for b in manager.req_to_blocks[request_id] if not b.is_null]
             size = manager.block_size
             if g in self.later_groups:
-                want = cdiv(merged_length(prompt, self.settings) + tokens - prompt, size)
+                entries = merged_length(prompt, self.settings) + tokens - prompt  # this step's included
+                window = self.groups[g].kv_cache_spec.sliding_window
+                if window is None or tokens == prompt:
+                    want = cdiv(entries, size)
+                else:  # the first block, and those of the last `window` entries before this step's
+                    want = len({0, *range(max(0, entries - window) // size, cdiv(entries, size))})
+                    self.freed_after_cutoff |= want < cdiv(entries, size)
             elif self.groups[g].kv_cache_spec.sliding_window is None:
                 want = cdiv(tokens, size)
             else:  # vLLM's own sliding-window freeing, by full-length positions
@@ -269,6 +276,24 @@ def test_the_later_layers_hold_the_short_length_in_kv_groups_of_their_own(folder
         assert watch.held[request_id, g] == cdiv(len(slots), 32)
     assert watch.freed_below_window == (arch == "gemma3")
     assert compare(got, reference(folders[arch], settings, ids)) < TOLERANCE
+
+
+def test_sliding_layers_after_the_cutoff_give_back_their_blocks_below_the_window(folders):
+    """Mistral (every layer sliding, window 64) with prompts whose short length passes the window by blocks: the
+    later layers' blocks below the window go back to the pool, and the tokens are still the transformers path's."""
+    settings = dict(layer_cutoff=1, method="guided", keep_start=4, keep_end=8, target=0.5, window=8, heads=[1, 3],
+                    spread=2)
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (300, 500)]
+    llm = start(folders["mistral"], settings)
+    watch = BlockWatch(llm, settings)
+    got = run_staggered(llm, ids, arrive=(0, 1))
+    close(llm)
+    assert watch.problems == []
+    assert watch.freed_below_window and watch.freed_after_cutoff
+    want = reference(folders["mistral"], settings, ids)
+    for g_, w in zip(got, want):
+        assert g_["tokens"] == w["tokens"]
 
 
 def test_a_preempted_request_answers_as_the_transformers_path_answers_its_recomputation(folders):
