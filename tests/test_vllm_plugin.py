@@ -280,8 +280,9 @@ def test_the_later_layers_hold_the_short_length_in_kv_groups_of_their_own(folder
 
 def test_sliding_layers_after_the_cutoff_give_back_their_blocks_below_the_window(folders):
     """Mistral (every layer sliding, window 64) with prompts whose short length passes the window by blocks: the
-    later layers' blocks below the window go back to the pool, and the tokens are still the transformers path's."""
-    settings = dict(layer_cutoff=1, method="guided", keep_start=4, keep_end=8, target=0.5, window=8, heads=[1, 3],
+    later layers' blocks below the window go back to the pool, and the tokens are still the transformers path's.
+    Cutoff 0: the three later layers are three KV-cache groups, each with its own block table."""
+    settings = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.5, window=8, heads=[1, 3],
                     spread=2)
     g = torch.Generator().manual_seed(3)
     ids = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (300, 500)]
