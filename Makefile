@@ -18,7 +18,8 @@ PEERS_STAMP := $(PEERS)/.installed
 # `import transformers` under the CPU torch; text models need none of them, so they go.
 VLLM := .venv-vllm
 VLLM_STAMP := $(VLLM)/.installed
-VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_sliding.py tests/test_vllm_layout.py tests/test_vllm_config.py
+VLLM_TESTS := tests/test_vllm_plugin.py tests/test_vllm_kvspec.py tests/test_vllm_backend.py tests/test_vllm_sliding.py \
+              tests/test_vllm_layout.py tests/test_vllm_config.py
 LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests/test_score.py tests/test_methods.py \
                 tests/test_settings.py tests/test_hooks.py tests/test_generate.py tests/test_reference.py \
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py tests/test_context.py \
@@ -70,7 +71,8 @@ test: test-main test-lowest test-vllm test-eval
 
 test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py --ignore=tests/test_vllm_plugin.py \
-	    --ignore=tests/test_vllm_sliding.py --ignore=tests/test_lm_eval_model.py
+	    --ignore=tests/test_vllm_sliding.py --ignore=tests/test_vllm_kvspec.py --ignore=tests/test_vllm_backend.py \
+	    --ignore=tests/test_lm_eval_model.py
 
 test-lowest: $(PEERS_STAMP)
 	$(PEERS)/bin/python -m pytest -q $(LOWEST_TESTS)

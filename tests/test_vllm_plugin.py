@@ -23,6 +23,8 @@ from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, M
 from vllm import LLM, SamplingParams, TokensPrompt  # noqa: E402
 
 import slerpmerge  # noqa: E402
+import slerpmerge.settings  # noqa: E402
+from slerpmerge.merge import merged_length  # noqa: E402
 from slerpmerge.methods import METHODS  # noqa: E402
 from slerpmerge.vllm_plugin import engine_args  # noqa: E402
 
@@ -124,10 +126,10 @@ def prompts() -> list[list[int]]:
     return [torch.randint(3, 128, (n,), generator=g).tolist() for n in LENGTHS]
 
 
-def start(folder, settings: dict | None, **extra) -> LLM:
+def start(folder, settings: dict | None, max_model_len: int = 512, **extra) -> LLM:
     extra = dict(kv_cache_memory_bytes=32 << 20) | extra
-    args = engine_args(str(folder), settings or {"layer_cutoff": 0}, max_model_len=512, skip_tokenizer_init=True,
-                       dtype="float32", block_size=32, seed=0, **extra)
+    args = engine_args(str(folder), settings or {"layer_cutoff": 0}, max_model_len=max_model_len,
+                       skip_tokenizer_init=True, dtype="float32", block_size=32, seed=0, **extra)
     if settings is None:  # stock vLLM: the model's own architecture, no overrides
         del args["hf_overrides"]
     return LLM(**args)
@@ -153,26 +155,26 @@ def run_staggered(llm: LLM, ids: list[list[int]], arrive=ARRIVE) -> list[dict]:
     return [done[i] for i in range(len(ids))]
 
 
-def reference(folder, settings: dict | None, ids: list[list[int]]) -> list[dict]:
+def reference(folder, settings: dict | None, ids: list[list[int]], new_tokens: int = NEW_TOKENS) -> list[dict]:
     """The transformers path: each prompt alone, patched by `slerpmerge.patch` (or not); made once per model,
-    setting and prompts (each backend is compared with the same)."""
-    key = (str(folder), json.dumps(settings, sort_keys=True), json.dumps(ids))
+    setting, prompts and length (each backend is compared with the same)."""
+    key = (str(folder), json.dumps(settings, sort_keys=True), json.dumps(ids), new_tokens)
     if key not in _REFERENCES:
-        _REFERENCES[key] = _reference(folder, settings, ids)
+        _REFERENCES[key] = _reference(folder, settings, ids, new_tokens)
     return _REFERENCES[key]
 
 
 _REFERENCES: dict = {}
 
 
-def _reference(folder, settings: dict | None, ids: list[list[int]]) -> list[dict]:
+def _reference(folder, settings: dict | None, ids: list[list[int]], new_tokens: int) -> list[dict]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.generation_config.eos_token_id = None
     if settings is not None:
         slerpmerge.patch(model, **settings)
     out = []
     for prompt in ids:
-        gen = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
+        gen = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
                              output_logits=True, return_dict_in_generate=True)
         out.append(dict(tokens=gen.sequences[0, len(prompt):].tolist(),
                         first=torch.log_softmax(gen.logits[0][0].float(), -1)))
@@ -208,6 +210,8 @@ SETTINGS = {
     "mix": dict(layer_cutoff=2, method="guided", keep_start=4, keep_end=8, target=0.25, window=8, heads=[1, 3],
                 spread=2, mix={"score": "keynorm", "layer": 0, "heads": [0, 2]}),
 }
+
+GEMMA = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.25, window=8)
 
 
 def test_nothing_shortened_equals_stock_vllm(folders):
@@ -260,12 +264,171 @@ def test_sliding_layers_after_the_cutoff_are_refused_on_another_backend(folders,
 
 
 def test_gemma3_sliding_and_full_layers(folders):
-    settings = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.25, window=8)
-    ids = prompts()
+    settings, ids = GEMMA, prompts()
     llm = start(folders["gemma3"], settings)
     got = run_staggered(llm, ids)
     close(llm)
     assert compare(got, reference(folders["gemma3"], settings, ids)) < TOLERANCE
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class BlockWatch:
+    """An in-process engine's KV blocks, seen from each later layer's attention as it runs: the slots it writes for
+    each request, whether they lie in the blocks the scheduler gave that request in that layer's KV-cache group,
+    and how many blocks each group holds for it against what a layer of that kind must hold."""
+
+    def __init__(self, llm: LLM, settings: dict):
+        core = llm.llm_engine.engine_core.engine_core
+        self.scheduler, self.runner = core.scheduler, core.model_executor.driver_worker.worker.model_runner
+        self.managers = self.scheduler.kv_cache_manager.coordinator.single_type_managers
+        self.groups = self.runner.kv_cache_config.kv_cache_groups
+        group_of = {name: i for i, g in enumerate(self.groups) for name in g.layer_names}
+        self.settings = slerpmerge.settings.MergeSettings.make(**settings)
+        later = self.runner.get_model().slerpmerge.later_names
+        self.later_groups = {group_of[name] for name in later}
+        self.prompts: dict = {}  # request -> the tokens of its (last) prompt step
+        self.written: dict = {}  # (request, group) -> slots written since then
+        self.held: dict = {}  # (request, group) -> blocks held at its last step
+        self.problems: list[str] = []
+        self.freed_below_window = False  # before the cutoff, by vLLM
+        self.freed_after_cutoff = False
+        context = self.runner.compilation_config.static_forward_context
+        for name in later:
+            context[name].register_forward_pre_hook(self._watch(name, group_of[name]))
+
+    def _watch(self, name: str, group: int):
+        from vllm.forward_context import get_forward_context
+
+        def hook(module, args):
+            forward = get_forward_context()
+            metadata = forward.attn_metadata
+            layout = getattr(metadata.get(name), "slerpmerge_layout", None) if isinstance(metadata, dict) else None
+            if layout is None:
+                return
+            slots, starts = forward.slot_mapping[name].tolist(), layout.short_start.tolist()
+            batch = self.runner.input_batch
+            for i, request_id in enumerate(batch.req_ids[:len(starts) - 1]):
+                self._check(request_id, group, slots[starts[i]:starts[i + 1]], batch.num_computed_tokens_cpu[i] == 0)
+
+        return hook
+
+    def _check(self, request_id: str, group: int, slots: list[int], first: bool) -> None:
+        request = self.scheduler.requests[request_id]
+        tokens = request.num_computed_tokens  # this step's included
+        if first:  # a prompt step: the request's first, or a preempted one's recomputation of all it had
+            self.prompts[request_id] = tokens
+            self.written[request_id, group] = set()
+        prompt = self.prompts[request_id]
+        for g, manager in enumerate(self.managers):
+            blocks = [b.block_id for b in manager.req_to_blocks[request_id] if not b.is_null]
+            size = manager.block_size
+            if g in self.later_groups:
+                entries = merged_length(prompt, self.settings) + tokens - prompt  # this step's included
+                window = self.groups[g].kv_cache_spec.sliding_window
+                if window is None or tokens == prompt:
+                    want = cdiv(entries, size)
+                else:  # the first block, and those of the last `window` entries before this step's
+                    want = len({0, *range(max(0, entries - window) // size, cdiv(entries, size))})
+                    self.freed_after_cutoff |= want < cdiv(entries, size)
+            elif self.groups[g].kv_cache_spec.sliding_window is None:
+                want = cdiv(tokens, size)
+            else:  # vLLM's own sliding-window freeing, by full-length positions
+                want = None
+                self.freed_below_window |= len(blocks) < cdiv(tokens, size)
+            if want is not None and len(blocks) != want:
+                self.problems.append(f"{request_id} group {g}: {len(blocks)} blocks, want {want}")
+            if g == group:
+                outside = [s for s in slots if s // size not in blocks]
+                if outside:
+                    self.problems.append(f"{request_id} group {g} writes slots {outside} outside its blocks")
+                self.written.setdefault((request_id, g), set()).update(slots)
+                self.held[request_id, g] = len(blocks)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_later_layers_hold_the_short_length_in_kv_groups_of_their_own(folders, arch):
+    """The later layers' block tables hold ceil((S' + generated) / block) blocks, the early layers vLLM's own count
+    (a sliding layer's freed below its window), every slot written lies in the request's own blocks of that layer's
+    group and fills them; the tokens are still the transformers path's."""
+    settings, ids = (SETTINGS["guided"] if arch == "llama" else GEMMA), prompts()
+    llm = start(folders[arch], settings)
+    watch = BlockWatch(llm, settings)
+    got = run_staggered(llm, ids)
+    close(llm)
+    assert watch.problems == []
+    assert len(watch.written) == len(ids) * len(watch.later_groups)
+    for (request_id, g), slots in watch.written.items():
+        n = LENGTHS[int(request_id.split("-")[0])]  # the engine appends a suffix to each id
+        assert len(slots) == merged_length(n, watch.settings) + NEW_TOKENS - 1  # the last token is never fed
+        assert watch.held[request_id, g] == cdiv(len(slots), 32)
+    assert watch.freed_below_window == (arch == "gemma3")
+    assert compare(got, reference(folders[arch], settings, ids)) < TOLERANCE
+
+
+def test_sliding_layers_after_the_cutoff_give_back_their_blocks_below_the_window(folders):
+    """Mistral (every layer sliding, window 64) with prompts whose short length passes the window by blocks: the
+    later layers' blocks below the window go back to the pool, and the tokens are still the transformers path's.
+    Cutoff 0: the three later layers are three KV-cache groups, each with its own block table."""
+    settings = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.5, window=8, heads=[1, 3],
+                    spread=2)
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (300, 500)]
+    llm = start(folders["mistral"], settings)
+    watch = BlockWatch(llm, settings)
+    got = run_staggered(llm, ids, arrive=(0, 1))
+    close(llm)
+    assert watch.problems == []
+    assert watch.freed_below_window and watch.freed_after_cutoff
+    want = reference(folders["mistral"], settings, ids)
+    for g_, w in zip(got, want):
+        assert g_["tokens"] == w["tokens"]
+
+
+def test_a_preempted_request_answers_as_the_transformers_path_answers_its_recomputation(folders):
+    """Two requests in a KV cache too small for both to finish: vLLM preempts the second (here twice) and later
+    recomputes it as one prompt of its prompt and the tokens it had, which slerpmerge shortens as such. The
+    reference is the transformers path's tokens for the prompt, then for each recomputed prompt."""
+    settings, new = SETTINGS["guided"], 24
+    g = torch.Generator().manual_seed(2)
+    ids = [torch.randint(3, 128, (250,), generator=g).tolist() for _ in range(2)]
+    # 4 layers, cutoff 1: two groups of two layers. A request holds 8 blocks of 32 before the cutoff and 2 after it
+    # (63 short rows); the pool (one block is vLLM's null block) has room for both prompts and one block more, and
+    # for one request of the longest length the engine accepts.
+    llm = start(folders["llama"], settings, max_model_len=320, num_gpu_blocks_override=22)
+    watch = BlockWatch(llm, settings)
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+    for i, prompt in enumerate(ids):
+        engine.add_request(str(i), TokensPrompt(prompt_token_ids=prompt), params)
+    scheduler = engine.engine_core.engine_core.scheduler
+    done, preempted, was, steps = {}, {"0": [], "1": []}, {}, 0  # request -> its tokens at each preemption
+    while len(done) < 2:
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.outputs[0].token_ids)
+        for request_id, request in scheduler.requests.items():
+            request_id = request_id.split("-")[0]  # the engine appends a suffix to each id
+            status = request.status.name
+            if status == "PREEMPTED" and was.get(request_id) != status:
+                preempted[request_id].append(len(request.output_token_ids))
+            was[request_id] = status
+        steps += 1
+        assert steps < 400
+    close(llm)
+    assert preempted["0"] == [] and len(preempted["1"]) >= 1 and 0 < preempted["1"][-1] < new
+    assert watch.problems == []
+    for i in range(2):
+        want: list[int] = []
+        for k in [*preempted[str(i)], new]:  # the prompt, then each recomputation, as one prompt
+            want += reference(folders["llama"], settings, [ids[i] + want], k - len(want))[0]["tokens"]
+        assert done[str(i)] == want
+    last = preempted["1"][-1]
+    assert watch.prompts[next(r for r in watch.prompts if r.startswith("1-"))] == 250 + last
+    written = next(v for (r, _), v in watch.written.items() if r.startswith("1-"))
+    assert len(written) == merged_length(250 + last, watch.settings) + new - last - 1
 
 
 def test_smollm2_answers_the_demo_question_as_generate_does():

@@ -6,6 +6,12 @@ The two servers run one after the other (two on 2 cores would share them); each 
 
     .venv-vllm/bin/python results/vllm/serve_bench.py --model smollm2-135m --length 2048 --concurrency 8 --rounds 3 \
         --out results/vllm/serve-smollm2-135m.json
+
+Memory-bound (a KV budget where stock vLLM holds a few 2048-token requests, so it queues or preempts), with
+preemptions counted:
+
+    .venv-vllm/bin/python results/vllm/serve_bench.py --model smollm2-135m --length 2048 --concurrency 32 --rounds 2 \
+        --kv-cache-memory-bytes 629145600 --preemptions --out results/vllm/serve-smollm2-135m-c32.json
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # as results/vllm/bench.py: stead
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 
-def start_server(flags: list[str], port: int, log: Path) -> subprocess.Popen:
+def start_server(flags: list[str], port: int, log: Path, stats: bool = False) -> subprocess.Popen:
     # the server's own module: vllm-cpu 0.32.0's `vllm serve` fails looking up a distribution named `vllm`
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags, "--host", "127.0.0.1",
-           "--port", str(port), "--served-model-name", "m", "--disable-log-stats"]
+           "--port", str(port), "--served-model-name", "m", *([] if stats else ["--disable-log-stats"])]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -81,6 +87,13 @@ def rounds(port: int, prompts: list[list[int]], concurrency: int, count: int) ->
     return out
 
 
+def preemptions(port: int) -> float:
+    """The server's count of preempted requests so far (its Prometheus metrics; needs stats on)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("vllm:num_preemptions"))
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
@@ -93,6 +106,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--port", type=int, default=8391)
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=2 << 30,
+                   help="each server's KV budget; small enough and the load is memory-bound (stock queues or preempts)")
+    p.add_argument("--preemptions", action="store_true", help="count preemptions from the servers' metrics "
+                   "(turns vLLM's stats on, which the TTFT rows above were measured without)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     settings = BUILTINS[args.model].defaults
@@ -108,15 +125,18 @@ def main() -> None:
             new = model.generate(item.ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, item.ids.shape[1]:]
             reference.append(tokenizer.decode(new, skip_special_tokens=True))
     shortened = engine_args(args.model, settings, max_model_len=args.length + 64, dtype="float32",
-                            kv_cache_memory_bytes=2 << 30, seed=0)
+                            kv_cache_memory_bytes=args.kv_cache_memory_bytes, seed=0)
     stock = {k: v for k, v in shortened.items() if k != "hf_overrides"}
     report = dict(model=args.model, length=args.length, concurrency=args.concurrency, rounds=args.rounds,
-                  settings=settings, new_tokens=NEW_TOKENS, engines={})
+                  settings=settings, new_tokens=NEW_TOKENS, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+                  engines={})
     for name, engine in (("stock", stock), ("slerpmerge", shortened)):
-        server = start_server(serve_flags(engine), args.port, args.out.with_suffix(f".{name}.log"))
+        server = start_server(serve_flags(engine), args.port, args.out.with_suffix(f".{name}.log"), args.preemptions)
         try:
             rounds(args.port, prompts[:args.concurrency], args.concurrency, 1)  # warm-up
+            before = preemptions(args.port) if args.preemptions else None
             measured = rounds(args.port, prompts[args.concurrency:], args.concurrency, args.rounds)
+            preempted = preemptions(args.port) - before if args.preemptions else None
         finally:
             server.terminate()
             server.wait(60)
@@ -127,7 +147,7 @@ def main() -> None:
             requests_per_s=statistics.median(m["requests_per_s"] for m in measured),
             requests_per_s_rounds=[m["requests_per_s"] for m in measured],
             ttft_p50_s=percentile(ttfts, 0.5), ttft_p99_s=percentile(ttfts, 0.99),
-            passkey_correct=sum(answers), answers=[r["text"] for r in results])
+            passkey_correct=sum(answers), preemptions=preempted, answers=[r["text"] for r in results])
         print(name, json.dumps({k: v for k, v in report["engines"][name].items() if k != "answers"}), flush=True)
     report["transformers"] = dict(passkey_correct=sum(tasks.correct(t, item.answers)
                                                       for t, item in zip(reference, items[args.concurrency:])),

@@ -19,6 +19,10 @@ __all__ = ["engine_args", "register", "serve_flags"]
 def register() -> None:
     from vllm import ModelRegistry
 
+    from .kvspec import register as register_kv_cache_spec
+
+    register_kv_cache_spec()
+
     for architecture in ARCHITECTURES:
         name = PREFIX + architecture
         if name not in ModelRegistry.get_supported_archs():

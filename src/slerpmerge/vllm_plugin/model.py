@@ -23,7 +23,6 @@ from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_p
                               tensor_model_parallel_all_reduce)
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
-from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec, replace_as
 
 from .. import methods
 from ..architecture import NO_BOS, layer_types, leading_bos
@@ -32,6 +31,7 @@ from ..score import Attended, spread
 from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
+from .kvspec import short_spec
 from .rotary import FractionalRotary, check_fractional, fractional_positions
 from .sliding import attend, check_impl, plan
 
@@ -73,9 +73,9 @@ class Shortener:
                 check_fractional(attn.rotary_emb, s.method)
                 attn.rotary_emb = FractionalRotary(attn.rotary_emb)
         block_size = vllm_config.cache_config.block_size
-        for layer in layers:
-            layer.self_attn.attn.get_kv_cache_spec = _whole_prompt_blocks(layer.self_attn.attn.get_kv_cache_spec,
-                                                                          block_size)
+        for layer in later:  # KV-cache groups of their own, allocated by the short length (kvspec.py)
+            layer.self_attn.attn.get_kv_cache_spec = _short_blocks(layer.self_attn.attn.get_kv_cache_spec, s,
+                                                                   block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
         self.terms = s.terms(cutoff)  # the rankings, each at its layer
         self.scored_attn = {t.layer: layers[t.layer].self_attn.attn for t in self.terms}
@@ -243,15 +243,11 @@ class Shortener:
         return spread(score, radius)
 
 
-def _whole_prompt_blocks(get_spec, block_size: int):
-    """A layer's KV-cache spec with full-attention allocation: vLLM frees a sliding layer's blocks below the window
-    by full-length positions, where a later layer keeps its short prompt. The attention itself still slides."""
+def _short_blocks(get_spec, settings, block_size: int):
+    """A later layer's KV-cache spec: vLLM's own for it, as a `kvspec.ShortSpec`."""
 
     def spec(vllm_config):
-        found = get_spec(vllm_config)
-        if isinstance(found, SlidingWindowSpec):
-            return replace_as(found, FullAttentionSpec, drop=("extra_retained_tokens",), block_size=block_size)
-        return found
+        return short_spec(get_spec(vllm_config), settings, block_size)
 
     return spec
 

@@ -40,7 +40,7 @@ class Windows:
 
     spans: list  # [(start, end, mask (n, n) bool)]: merged prompts through SDPA, causal and within the window
     groups: dict  # w -> Group
-    kernel: dict = field(default_factory=dict)  # w -> (seq_lens, block_table, scheduler metadata): the first layer's
+    kernel: dict = field(default_factory=dict)  # w -> (seq_lens, scheduler metadata): the first layer's
 
 
 def check_impl(impl) -> None:
@@ -99,15 +99,16 @@ def attend(impl, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     blocks, heads, block_size, _ = kv_cache.shape
     key_cache, value_cache = kv_cache.view(blocks, heads, block_size * 2, -1).chunk(2, dim=2)
     for w, group in windows.groups.items():
-        if w not in windows.kernel:  # the later layers share one metadata builder, so one step's metadata
-            seq_lens, block_table = metadata.seq_lens[group.requests], metadata.block_table[group.requests]
+        if w not in windows.kernel:  # the same lengths in every later layer; the block tables are each group's
+            seq_lens = metadata.seq_lens[group.requests]
             scheduler = ops.cpu_attn_get_scheduler_metadata(
                 num_reqs=len(group.requests), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
                 head_dim=impl.head_size, seq_lens=seq_lens, dtype=query.dtype, query_start_loc=group.query_start,
                 causal=True, sliding_window_size=w, isa=layer.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
                 kv_cache_dtype=impl.kv_cache_dtype)
-            windows.kernel[w] = (seq_lens, block_table, scheduler)
-        seq_lens, block_table, scheduler = windows.kernel[w]
+            windows.kernel[w] = (seq_lens, scheduler)
+        seq_lens, scheduler = windows.kernel[w]
+        block_table = metadata.block_table[group.requests]  # this layer's KV-cache group's
         rows = query[group.rows]
         out = torch.empty_like(rows)
         ops.cpu_attention_with_kv_cache(
