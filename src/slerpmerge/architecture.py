@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 LAYER_TYPES = ("full_attention", "sliding_attention")  # the kinds of layer both adapters can shorten
@@ -41,27 +39,3 @@ def check_model(model) -> None:
     unknown = set(layer_types(config)) - set(LAYER_TYPES)
     if unknown:
         raise ValueError(f"layer types {sorted(unknown)} are not supported; supported: {', '.join(LAYER_TYPES)}")
-
-
-@functools.lru_cache(maxsize=8)
-def leading_bos(path: str) -> int | None:
-    """The beginning-of-sequence id that the tokenizer saved at ``path`` (a model's folder, or a name in the local
-    cache) puts first, or None where it adds none or none is at hand offline. A shortened model leans on its first
-    tokens as an attention sink; without the token it was trained to begin with they are no sink, and far facts
-    go (docs/how-it-works.md)."""
-    if not path:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception:  # no tokenizer beside the weights, or none cached: nothing to check against
-        return None
-    bos = tokenizer.bos_token_id
-    ids = tokenizer("a").input_ids
-    return bos if bos is not None and ids[:1] == [bos] else None
-
-
-NO_BOS = ("a prompt does not begin with the beginning-of-sequence token (id {bos}) that this model's tokenizer "
-          "adds: its first tokens are then no attention sink and shortening loses far more; tokenize with the "
-          "tokenizer's special tokens")

@@ -32,10 +32,11 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from . import methods
-from .architecture import NO_BOS, layer_types, leading_bos
+from .architecture import layer_types
 from .compat import Api, UnknownTransformers
 from .merge import merge_sequence
 from .probe import Scoring
+from .rules import NO_BOS, lacks_bos, leading_bos, within_window
 from .settings import MergeSettings
 
 @dataclass
@@ -225,7 +226,7 @@ class Merger:
 
     def _check_bos(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         first = ids[:, 0] if mask is None else ids.gather(1, mask.int().argmax(1, keepdim=True))[:, 0]  # (B,)
-        if bool((first != self.bos).any()):
+        if lacks_bos(first, self.bos):
             warnings.warn(NO_BOS.format(bos=self.bos), stacklevel=4)
             self.bos = None
 
@@ -451,7 +452,7 @@ class Merger:
             kv = before + q
             mask = torch.ones(q, kv, dtype=torch.bool, device=entries.device).tril_(before)[None, None]
         keys = entries[:, -mask.shape[-1]:]  # (B, kv)
-        near = (entries[:, -q:, None] - keys[:, None, :] < self.config.sliding_window)[:, None]  # (B, 1, q, kv)
+        near = within_window(entries[:, -q:], keys, self.config.sliding_window)[:, None]  # (B, 1, q, kv)
         if mask.dtype == torch.bool:
             return mask & near
         return mask.masked_fill(~near, torch.finfo(mask.dtype).min)  # eager's additive mask

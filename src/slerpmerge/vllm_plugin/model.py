@@ -25,7 +25,8 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
 
 from .. import methods
-from ..architecture import NO_BOS, layer_types, leading_bos
+from ..architecture import layer_types
+from ..rules import NO_BOS, lacks_bos, leading_bos
 from ..merge import merge_sequence
 from ..score import Attended, spread
 from ..scorers import SCORERS, importance, mixed
@@ -207,7 +208,7 @@ class Shortener:
 
     def _check_bos(self, first: torch.Tensor) -> None:
         """``first`` (N,): the first token of each prompt in this step (a prompt arrives whole)."""
-        if bool((first != self.bos).any()):
+        if lacks_bos(first, self.bos):
             log.warning(NO_BOS.format(bos=self.bos))
             self.bos = None
 

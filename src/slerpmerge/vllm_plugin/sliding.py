@@ -24,6 +24,8 @@ from vllm import _custom_ops as ops
 from vllm import envs
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 
+from ..rules import within_window
+
 
 @dataclass(frozen=True)
 class Group:
@@ -69,13 +71,14 @@ def plan(prompt: list[bool], query_start: list[int], short_start: list[int], tru
             length = query_start[i + 1] - query_start[i]
             if b - a < length and length > window:  # merged, and longer than one window
                 positions = true[a:b]
-                near = positions[:, None] - positions[None, :] < window  # (n, n)
+                near = within_window(positions, positions, window)  # (n, n)
                 spans.append((a, b, near.tril_()))
                 continue
         else:
             entries, length = prompts[i]
             p = float(true[a])  # the decode row's position
-            w = min(window, int(p) - length + 1) + int((entries > p - window).sum())
+            # the generated tokens within W of it, then the prompt's entries within W
+            w = min(window, int(p) - length + 1) + int(within_window(true[a:b], entries, window).sum())
         requests.setdefault(w, []).append(i)
     if not spans and list(requests) in ([window], []):
         return None
