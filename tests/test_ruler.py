@@ -6,6 +6,7 @@ with SmolLM2's tokenizer and chat template stands in for a model: the items are 
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,27 @@ def test_bad_settings_are_refused(folder, cache, tmp_path, capsys):
     assert main([*base, "--tasks", "vt", "--lengths", "4096"]) == 2
     assert "at most 2048 tokens" in capsys.readouterr().err
     assert main([*base, "--tasks", "vt", "--shapes", "chat"]) == 2
+
+
+def test_the_harness_tasks_read_the_same_items_and_score_as_ruler(folder, cache, fwe):
+    """The offline lm-eval tasks: the items `eval --suite ruler` reads, RULER's tokens to generate, its score."""
+    import re
+
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    import slerpmerge.lm_eval_tasks as tasks
+
+    meta = {"pretrained": str(folder), "cache_dir": str(cache), "max_seq_lengths": [LENGTH], "ruler_items": 2}
+    manager = TaskManager(include_path=tasks.__path__[0], include_defaults=False, metadata=meta)
+    task = manager.load(["slerpmerge_ruler_fwe"])["tasks"]["slerpmerge_ruler_fwe"]
+    docs = list(task.test_docs())
+    assert [task.doc_to_text(d) for d in docs] == [r["context"] + r["question"] for r in fwe]
+    answer = " ".join(fwe[0]["references"][:2])
+    assert task.process_results(docs[0], [answer]) == {"score": pytest.approx(2 / 3)}
+    made = {}
+    for path in Path(tasks.__path__[0]).glob("ruler_*.yaml"):
+        text = path.read_text()
+        made[re.search(r"dataset_kwargs:\n  task: (\w+)", text).group(1)] = int(
+            re.search(r"max_gen_toks: (\d+)", text).group(1))
+    assert made == {t: ruler.new_tokens(t) for t in ruler.TASKS}
