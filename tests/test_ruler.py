@@ -64,7 +64,7 @@ def tokenizer(folder):
 def test_the_tasks_are_rulers_thirteen():
     import yaml
 
-    assert set(ruler.TASKS) == set(yaml.safe_load((ruler._package() / "synthetic.yaml").read_text()))
+    assert set(ruler.TASKS) == set(yaml.safe_load((ruler.package() / "synthetic.yaml").read_text()))
     assert [ruler.new_tokens(t) for t in ("niah_single_1", "vt", "cwe", "fwe", "qa_2")] == [128, 30, 120, 50, 32]
 
 

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, ModelNotInstalled) as e:
+    except (ValueError, OSError, ModelNotInstalled, ModuleNotFoundError) as e:
         print(f"slerpmerge: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ from .corpus import read_texts
 from .plots import plot_all
 from .runs import BASELINES, check, key
 from .summary import print_summary, summarise, write_csv
-from .ruler import TASKS as RULER_TASKS
+from .ruler import TASKS as RULER_TASKS, package as ruler_package
 from .sweep import read_rows, ruler_sweep, speed_sweep, sweep
 from .shapes import SHAPES
 from .tasks import TASKS
@@ -130,6 +130,8 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     texts = read_texts(args.corpus, args.field)
     size = shape(args)
+    if getattr(args, "suite", "tasks") == "ruler":
+        ruler_package()  # not installed: say how before loading a model
     for model_name in args.model.split(","):
         model, tokenizer = load(model_name, cache=args.cache_dir)
         settings = settings_of(args, model.config.num_hidden_layers)

@@ -40,7 +40,8 @@ INSTALL = ("RULER needs its package and the few it uses: pip install 'slerpmerge
 MAKER = Path(__file__).with_name("_ruler_maker.py")
 
 
-def _package() -> Path:
+def package() -> Path:
+    """RULER's installed package folder, or an error that says how to install it."""
     try:
         import long_context_eval
     except ImportError:
@@ -57,7 +58,7 @@ def config(task: str) -> dict:
 
     if task not in TASKS:
         raise ValueError(f"RULER's tasks are {', '.join(TASKS)}; got {task!r}")
-    tasks = yaml.safe_load((_package() / "synthetic.yaml").read_text())
+    tasks = yaml.safe_load((package() / "synthetic.yaml").read_text())
     return {**tasks[task], **KINDS[tasks[task]["task"]]}
 
 
@@ -125,7 +126,7 @@ def _run_maker(folder: Path, task: str, target: int, count: int, seed: int, time
             proc.kill()
             proc.wait()
         if fired:
-            raise RuntimeError(f"RULER's item maker for {task} at {target} tokens did not finish in {timeout:.0f} s "
+            raise ValueError(f"RULER's item maker for {task} at {target} tokens did not finish in {timeout:.0f} s "
                                "(it loops when its pieces do not fit the length: try a longer --lengths)")
         if proc.returncode != 0:
             log.seek(0)
