@@ -94,7 +94,8 @@ def write_csv(summary: list[dict], path: Path) -> None:
 
 
 def print_summary(summary: list[dict]) -> None:
-    print(f"{'model':14}{'task':11}{'length':>7}  {'setting':44}{'S_merged':>9}{'quality':>9}{'95% interval':>15}"
+    w = max([11, *(len(r["kind"]) + 2 for r in summary)])  # RULER's task names are longer than eval's own
+    print(f"{'model':14}{'task':{w}}{'length':>7}  {'setting':44}{'S_merged':>9}{'quality':>9}{'95% interval':>15}"
           f"{'kl':>7}{'speedup':>9}")
     for r in summary:
         quality = r.get("accuracy", r.get("top1_agree"))
@@ -103,5 +104,5 @@ def print_summary(summary: list[dict]) -> None:
         interval = f"{lo:.2f}-{hi:.2f}" if lo is not None else "-"
         kl = f"{r['kl']:.3f}" if r.get("kl") is not None else "-"
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
-        print(f"{r['model']:14}{r['kind']:11}{r['length']:>7}  {r['setting'][:43]:44}{r['merged_length']:>9.0f}"
+        print(f"{r['model']:14}{r['kind']:{w}}{r['length']:>7}  {r['setting'][:43]:44}{r['merged_length']:>9.0f}"
               f"{quality:>9.2f}{interval:>15}{kl:>7}{speed:>9}")
