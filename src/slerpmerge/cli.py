@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, ModelNotInstalled, PartsError) as e:
+    except (ValueError, OSError, ModelNotInstalled, PartsError, ModuleNotFoundError) as e:
         print(f"slerpmerge: error: {e}", file=sys.stderr)
         return 2
     return 0

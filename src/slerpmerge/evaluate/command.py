@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from ..methods import METHODS
@@ -12,7 +14,8 @@ from .corpus import read_texts
 from .plots import plot_all
 from .runs import BASELINES, check, key
 from .summary import print_summary, summarise, write_csv
-from .sweep import read_rows, speed_sweep, sweep
+from .ruler import TASKS as RULER_TASKS, package as ruler_package
+from .sweep import read_rows, ruler_sweep, speed_sweep, sweep
 from .shapes import SHAPES
 from .tasks import TASKS
 
@@ -37,6 +40,8 @@ def default_settings(num_layers: int, quick: bool, methods=None) -> list[dict]:
 
 def shape(args) -> dict:
     """The sweep's sizes: presets, overridden by explicit flags."""
+    if getattr(args, "suite", "tasks") == "ruler":
+        return ruler_shape(args)
     if args.quick:
         out = dict(lengths=[256], windows=4, gen_tokens=8, tasks=["once"], task_lengths=[512], task_items=4,
                    speed_runs=2, shapes=["end"])
@@ -53,6 +58,54 @@ def shape(args) -> dict:
         if s not in SHAPES:
             raise ValueError(f"--shapes takes {', '.join(SHAPES)}; got {s!r}")
     return out
+
+
+def ruler_shape(args) -> dict:
+    """RULER's sizes: --lengths are its prompt lengths (with the tokens it generates), --tasks a choice of its
+    tasks; no prose windows."""
+    out = dict(lengths=[4096], tasks=list(RULER_TASKS), task_items=2 if args.quick else 20,
+               speed_runs=2 if args.quick else 5, shapes=["end"])
+    for k in out:
+        if getattr(args, k, None) is not None:
+            out[k] = getattr(args, k)
+    for task in out["tasks"]:
+        if task not in RULER_TASKS:
+            raise ValueError(f"--suite ruler --tasks takes {', '.join(RULER_TASKS)}; got {task!r}")
+    for s in out["shapes"]:
+        if s not in ("end", "later"):
+            raise ValueError(f"--suite ruler --shapes takes end, later (its prompts are in the model's chat template "
+                             f"already); got {s!r}")
+    return out
+
+
+def command_line() -> str:
+    """The command this process runs, as a user typed it (`slerpmerge eval ...`), for the rows."""
+    argv = sys.argv
+    if Path(argv[0]).name in ("slerpmerge", "__main__.py"):
+        argv = ["slerpmerge", *argv[1:]]
+    return shlex.join(argv)
+
+
+def run_ruler(args, model_name: str, model, tokenizer, size: dict, settings: list[dict]) -> None:
+    from tqdm import tqdm
+
+    from ..models import is_chat, resolve
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max(size["lengths"]) > limit:
+        raise ValueError(f"{model_name} reads at most {limit} tokens; --lengths asks for {max(size['lengths'])}")
+    others = [s for s in settings if s["method"] != "base"]
+    if size["speed_runs"]:
+        with tqdm(total=len(size["lengths"]) * size["speed_runs"] * (len(others) + 1), desc=f"speed {model_name}",
+                  unit="run") as bar:
+            speed_sweep(model_name, model, tokenizer, Path(args.out), settings, size["lengths"], size["speed_runs"],
+                        bar)
+    total = len(size["lengths"]) * len(size["tasks"]) * len(size["shapes"]) * size["task_items"] * (len(others) + 1)
+    with tqdm(total=total, desc=f"ruler {model_name}", unit="run") as bar:
+        ruler_sweep(model_name, model, tokenizer, resolve(model_name, args.cache_dir), Path(args.out), settings,
+                    tasks=size["tasks"], lengths=size["lengths"], count=size["task_items"], seed=args.seed,
+                    chat=is_chat(tokenizer, model_name), shapes=size["shapes"], command=command_line(),
+                    progress=bar, cache=args.cache_dir)
 
 
 def settings_of(args, num_layers: int) -> list[dict]:
@@ -77,11 +130,16 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     texts = read_texts(args.corpus, args.field)
     size = shape(args)
+    if getattr(args, "suite", "tasks") == "ruler":
+        ruler_package()  # not installed: say how before loading a model
     for model_name in args.model.split(","):
         model, tokenizer = load(model_name, cache=args.cache_dir)
         check_length(model, max(size["lengths"] + size["task_lengths"]) + size["gen_tokens"],
                      "give shorter --lengths and --task-lengths")
         settings = settings_of(args, model.config.num_hidden_layers)
+        if getattr(args, "suite", "tasks") == "ruler":
+            run_ruler(args, model_name, model, tokenizer, size, settings)
+            continue
         others = [s for s in settings if s["method"] != "base"]
         lengths = sorted({*size["lengths"], *size["task_lengths"]})
         if size["speed_runs"]:  # 0: quality only (on a busy machine); measure speed later, quietly
@@ -124,12 +182,18 @@ def add_parser(sub, model_arguments) -> None:
                                                                 "to evaluate too; may repeat")
     p.add_argument("--corpus", help=".txt, .jsonl or a folder of them (default: Python's pydoc topics)")
     p.add_argument("--field", default="text", help="the text field of .jsonl lines")
-    p.add_argument("--lengths", type=ints, help="prose window lengths (next-token agreement)")
+    p.add_argument("--suite", choices=("tasks", "ruler"), default="tasks",
+                   help="tasks: prose windows and slerpmerge's own long-context tasks; ruler: NVIDIA's RULER, its 13 "
+                        "tasks made by its own code (needs the eval extra), --lengths its prompt lengths "
+                        "(default 4096), --tasks a choice of them")
+    p.add_argument("--lengths", type=ints, help="prose window lengths (next-token agreement); with --suite ruler "
+                                                "RULER's lengths (prompt and generated tokens)")
     p.add_argument("--windows", type=int, help="prose windows per length")
     p.add_argument("--gen-tokens", type=int, help="greedy tokens compared with the base model's")
-    p.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t], help=f"of {', '.join(TASKS)}")
+    p.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t],
+                   help=f"of {', '.join(TASKS)}; with --suite ruler of {', '.join(RULER_TASKS)}")
     p.add_argument("--task-lengths", type=ints)
-    p.add_argument("--task-items", type=int)
+    p.add_argument("--task-items", type=int, help="items per task and length")
     p.add_argument("--shapes", type=lambda s: [x for x in s.split(",") if x],
                    help=f"where the question sits, of {', '.join(SHAPES)} (default end; later: the context is "
                         "shortened before its question)")

@@ -17,7 +17,8 @@ STYLE = {"truncate": ("grey", "x"), "select": ("tab:purple", "v"), "prune": ("ta
 def quality(r: dict) -> tuple[float, float, float]:
     if r["kind"] == "next_token":
         return r["top1_agree"], r["top1_agree_lo"], r["top1_agree_hi"]
-    return r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]
+    y = r["accuracy"]
+    return y, r["accuracy_lo"] if r["accuracy_lo"] is not None else y, r["accuracy_hi"] if r["accuracy_hi"] is not None else y
 
 
 def quality_vs_speed(summary: list[dict], path: Path, model: str) -> bool:
@@ -43,7 +44,7 @@ def quality_vs_speed(summary: list[dict], path: Path, model: str) -> bool:
                         color=colour, ms=5, capsize=2, lw=0.8, label=method,
                         ls="-" if method == "truncate" else "none")
         n = sel[0]["n"]
-        what = "next-token top-1 agreement" if kind == "next_token" else "accuracy"
+        what = {"next_token": "next-token top-1 agreement"}.get(kind, "accuracy (RULER: score)")
         ax.set_title(f"{kind}, {length} tokens, n={n}", fontsize=9)
         ax.set_xlabel("measured prefill speedup (x)")
         ax.set_ylabel(what, fontsize=8)
@@ -62,7 +63,7 @@ def quality_vs_speed(summary: list[dict], path: Path, model: str) -> bool:
 def plot_all(summary: list[dict], out: Path) -> list[Path]:
     made = []
     for model in sorted({r["model"] for r in summary}):
-        path = out / f"{model}-quality-vs-speed.png"
+        path = out / f"{Path(model).name}-quality-vs-speed.png"  # a model folder's name, not its path
         if quality_vs_speed(summary, path, model):
             made.append(path)
     return made

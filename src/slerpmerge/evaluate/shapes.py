@@ -25,6 +25,16 @@ from .tasks import Item
 SHAPES = ("end", "chat", "later")
 
 
+def chat_parts(tokenizer) -> tuple[str, str]:
+    """The chat template's text before a user's message and after it (up to where the assistant answers)."""
+    if not tokenizer.chat_template:
+        raise ValueError(f"a chat prompt needs a chat template; {tokenizer.name_or_path or 'this tokenizer'} has "
+                         "none (a base model)")
+    user, assistant = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}],
+                                                    add_generation_prompt=True, tokenize=False).split("\x00")
+    return user, assistant
+
+
 def shaped(tokenizer, item: Item, shape: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(context (1, C), question (1, Q)) of an item in a shape; `end` and `chat` are read as one prompt."""
     if shape not in SHAPES:
@@ -34,8 +44,7 @@ def shaped(tokenizer, item: Item, shape: str) -> tuple[torch.Tensor, torch.Tenso
     if not tokenizer.chat_template:
         raise ValueError(f"the chat shape needs a chat template; {tokenizer.name_or_path or 'this tokenizer'} has "
                          "none (a base model)")
-    user, assistant = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}],
-                                                    add_generation_prompt=True, tokenize=False).split("\x00")
+    user, assistant = chat_parts(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # noqa: E731
     body = item.context[:, 1:] if int(item.context[0, 0]) == tokenizer.bos_token_id else item.context
     asked = tokenizer.decode(item.ids[0, item.context.shape[1]:])
@@ -55,7 +64,7 @@ def answer(model, context: torch.Tensor, question: torch.Tensor, setting: dict, 
             kept = prefill(model, context)
             short = merged_lengths(model)[-1]
             out = kept.generate(question, **kwargs)
-        return out[0, -new_tokens:].tolist(), short
+        return out[0, context.shape[1] + question.shape[1]:].tolist(), short  # fewer where it ends early
     context, _ = prepared(model, context, setting)  # the base model's, or a baseline's shortened context
     cache = DynamicCache(config=model.config)
     model(context, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)

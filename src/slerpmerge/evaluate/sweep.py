@@ -111,6 +111,41 @@ def sweep(model_name: str, model, tokenizer, texts: list[str], out: Path, settin
     return results
 
 
+def ruler_sweep(model_name: str, model, tokenizer, folder, out: Path, settings: list[dict], *, tasks, lengths,
+                count: int, seed: int = 0, chat: bool = False, shapes=("end",), command: str = "", progress=None,
+                cache=None) -> Results:
+    """RULER's tasks under every setting beside the base model, into the same results.jsonl, resumable as `sweep`.
+    A row keeps the item's answer, RULER's score of it (a fraction), the expected strings and the command."""
+    from . import ruler
+
+    results = Results(out / "results.jsonl", RESULT_KEY)
+    runs = [BASE, *(s for s in settings if s["method"] != "base")]
+    for length in lengths:
+        for task in tasks:
+            kinds = [(task if shape == "end" else f"{task}:{shape}", shape) for shape in shapes]
+            todo = [(i, s, kind, shape) for i in range(count) for kind, shape in kinds for s in runs
+                    if not results.has(model=model_name, kind=kind, length=length, item=i, setting=key(s))]
+            if progress:
+                progress.update(count * len(kinds) * len(runs) - len(todo))
+            if not todo:
+                continue
+            if progress:
+                progress.set_postfix_str(f"{task} at {length}")
+            items = ruler.items(tokenizer, folder, task, length, count, seed, chat, cache)
+            for i, s, kind, shape in todo:
+                item = items[i]
+                context, question = shaped(tokenizer, item, shape)
+                gen, short = answer(model, context, question, s, shape, ruler.new_tokens(task), tokenizer.pad_token_id)
+                text = tokenizer.decode(gen, skip_special_tokens=True)
+                results.add({"model": model_name, "suite": "ruler", "kind": kind, "length": length, "item": i,
+                             "setting": key(s), "method": s["method"], "merged_length": short,
+                             "tokens": item.ids.shape[1], "score": ruler.score(task, text, item.answers),
+                             "answer": text.strip(), "references": list(item.answers), "command": command})
+                if progress:
+                    progress.update(1)
+    return results
+
+
 def speed_sweep(model_name: str, model, tokenizer, out: Path, settings: list[dict], lengths, runs: int,
                 progress=None) -> Results:
     """The measured prefill speedup of every setting at every length (resumable per length)."""
