@@ -15,7 +15,7 @@ import json
 
 import torch
 
-import slerpmerge.hooks as hooks
+import slerpmerge.prefill as prefill
 from slerpmerge.evaluate.corpus import read_texts, token_stream
 from slerpmerge.evaluate.shapes import shaped
 from slerpmerge.evaluate.tasks import TASKS
@@ -37,13 +37,13 @@ def main() -> None:
     window = model.config.sliding_window
     items = TASKS[args.task](tokenizer, token_stream(tokenizer, read_texts(None)), args.length, args.items, 0)
     caught = {}
-    merge = hooks.merge_sequence
+    merge = prefill.merge_sequence
 
     def spy(*a, **k):  # the cutoff's merge, as the hooks call it
         caught["merged"], caught["scores"] = merge(*a, **k), k.get("scores")
         return caught["merged"]
 
-    hooks.merge_sequence = spy
+    prefill.merge_sequence = spy
     with open(args.out, "w") as out:
         for shape in args.shapes.split(","):
             for i, item in enumerate(items):

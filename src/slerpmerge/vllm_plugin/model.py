@@ -2,8 +2,8 @@
 
     model pre-hook        note the step's positions (T,)
     cutoff attention      (scored methods) catch the cutoff layer's queries and keys as it attends with them
-    cutoff layer's hook   each prompt's rows (P, D) -> (S', D) by the method; decode rows pass; the later layers
-                          get the step's short slots in the forward context
+    cutoff layer's hook   each prompt's rows (P, D) -> (S', D) by the method (`scoring.py`); decode rows pass;
+                          the later layers get the step's short slots in the forward context
     later layers          pre-hooks swap in the short rows' positions; their rotary modules take fractional ones;
                           their attention backend lays the short step out (`backend.py`); sliding-window ones
                           slide over true positions (`sliding.py`)
@@ -19,22 +19,17 @@ import importlib
 import logging
 
 import torch
-from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size,
-                              tensor_model_parallel_all_reduce)
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
 
-from .. import methods
 from ..architecture import layer_types
 from ..rules import NO_BOS, lacks_bos, leading_bos
-from ..merge import merge_sequence
-from ..score import Attended, spread
-from ..scorers import SCORERS, importance, mixed
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .kvspec import short_spec
 from .rotary import FractionalRotary, check_fractional, fractional_positions
-from .sliding import attend, check_impl, plan
+from .scoring import PromptMerger
+from .sliding import Prompts, check_impl, narrowed
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +41,6 @@ class Shortener:
         hf_config = vllm_config.model_config.hf_config
         self.settings = s = settings_from_config(hf_config)
         check_engine(vllm_config)
-        self.method = methods.get(s.method)
         decoder = model.model
         layers = decoder.layers
         cutoff = s.cutoffs[0]
@@ -59,8 +53,7 @@ class Shortener:
             raise ValueError("slerpmerge narrows the sliding-window layers after the cutoff step by step, which a "
                              "CUDA graph cannot replay: --enforce-eager, or a layer_cutoff after the last sliding "
                              "layer")
-        self.prompts: dict[int, tuple[torch.Tensor, int]] = {}  # first KV block -> its prompt's entries' true
-        # positions (S',) and length P, for the decode steps of a request with sliding layers after the cutoff
+        self.prompts = Prompts(self.window) if self.window is not None else None  # for the decode steps' windows
         # Merged tokens sit at their span's mean position; kept ones (prune, drop, reindex) at whole positions,
         # which go to the engine's own rotary module whatever its scaling.
         self.fractional = fractional_positions(s)
@@ -69,7 +62,7 @@ class Shortener:
             attn.attn.attn_backend = shortened_backend(attn.attn.attn_backend)
             if slides:
                 check_impl(attn.attn.impl)
-                attn.attn.impl.forward = self._sliding_forward(attn.attn.impl)
+                attn.attn.impl.forward = narrowed(attn.attn.impl, lambda: self.step.get("windows"))
             if self.fractional:
                 check_fractional(attn.rotary_emb, s.method)
                 attn.rotary_emb = FractionalRotary(attn.rotary_emb)
@@ -78,20 +71,15 @@ class Shortener:
             layer.self_attn.attn.get_kv_cache_spec = _short_blocks(layer.self_attn.attn.get_kv_cache_spec, s,
                                                                    block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
-        self.terms = s.terms(cutoff)  # the rankings, each at its layer
-        self.scored_attn = {t.layer: layers[t.layer].self_attn.attn for t in self.terms}
-        self.windows = {t.layer: hf_config.sliding_window if types[t.layer] == "sliding_attention" else None
-                        for t in self.terms}
-        self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
-        self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+        self.merger = PromptMerger(s, layers, types, hf_config)
         self.step: dict = {}
         self.bos = leading_bos(str(vllm_config.model_config.tokenizer or ""))  # warned about once, then None
         # On the model, not its decoder: vLLM's compile decorator calls the decoder's forward directly, past hooks.
         model.register_forward_pre_hook(self._before_model, with_kwargs=True)
         model.register_forward_hook(self._after_model)
         layers[cutoff].register_forward_hook(self._after_cutoff)
-        if self.method.scored:
-            for at, attn in self.scored_attn.items():
+        if self.merger.method.scored:
+            for at, attn in self.merger.attn.items():
                 attn.register_forward_pre_hook(self._catch_qk(at))
         for layer in later:
             layer.register_forward_pre_hook(self._later_inputs, with_kwargs=True)
@@ -135,28 +123,7 @@ class Shortener:
             return None
         hidden, residual = output
         stream = hidden if residual is None else hidden + residual  # (T, D) the residual stream
-        rows, seen, owner = [], [], []
-        starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
-        for i, prompt in enumerate(layout.prompt.tolist()):
-            a, b = starts[i], starts[i + 1]
-            kept = shorts[i + 1] - shorts[i]
-            if not prompt or kept == b - a:
-                rows.append(stream[a:b])
-                seen.append(positions[a:b].to(torch.float32))
-                owner.append(torch.arange(shorts[i], shorts[i + 1], device=stream.device))
-                continue
-            merged = self._merge(stream[a:b], positions[a:b], a, b)
-            if merged.plan.length != kept:
-                raise RuntimeError(f"slerpmerge: a prompt of {b - a} tokens merged to {merged.plan.length}, "
-                                   f"the layout expected {kept}")
-            rows.append(merged.hidden_states[0])
-            seen.append(merged.positions[0])
-            # each input token belongs to the first output row whose span ends at or after it
-            index = torch.searchsorted(merged.plan.last[0].contiguous(), torch.arange(b - a, device=stream.device))
-            owner.append(shorts[i] + index)
-        short = torch.cat(rows)  # (T', D)
-        step["owner"] = torch.cat(owner)  # (T,)
-        true = torch.cat(seen)  # (T',) float
+        short, step["owner"], true = self.merger.shorten(layout, stream, positions, step.get("qk"))
         step.setdefault("later_positions", true if self.fractional else true.long())
         self._windows(layout, true)
         return short, torch.zeros_like(short)
@@ -180,68 +147,15 @@ class Shortener:
         return output.index_select(0, owner)  # (T', D) -> (T, D)
 
     def _windows(self, layout, true: torch.Tensor) -> None:
-        """Note each prompt's entries, and each row's window in the later sliding layers (``true`` (T',): the short
-        rows' true positions)."""
-        if self.window is None:
-            return
-        whole, blocks = layout.prompt.tolist(), layout.first_block.tolist()
-        starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
-        for i in range(len(whole)):
-            if whole[i]:
-                self.prompts[blocks[i]] = (true[shorts[i]:shorts[i + 1]].clone(), starts[i + 1] - starts[i])
-        prompts = [None if whole[i] else self.prompts[blocks[i]] for i in range(len(whole))]
-        self.step["windows"] = plan(whole, starts, shorts, true, prompts, self.window)
-
-    def _sliding_forward(self, impl):
-        """``impl.forward`` with each row's window in true positions, where any row's is narrower than the model's."""
-        stock = impl.forward
-
-        def forward(layer, query, key, value, kv_cache, attn_metadata, output=None, **kwargs):
-            windows = self.step.get("windows")
-            if windows is None or attn_metadata is None:
-                return stock(layer, query, key, value, kv_cache, attn_metadata, output=output, **kwargs)
-            return attend(impl, layer, query, key, value, kv_cache, attn_metadata, output, windows)
-
-        return forward
-
-    # -- one prompt -----------------------------------------------------------------------------------------------
+        """Each row's window in the later sliding layers (``true`` (T',): the short rows' true positions)."""
+        if self.prompts is not None:
+            self.step["windows"] = self.prompts.windows(layout, true)
 
     def _check_bos(self, first: torch.Tensor) -> None:
         """``first`` (N,): the first token of each prompt in this step (a prompt arrives whole)."""
         if lacks_bos(first, self.bos):
             log.warning(NO_BOS.format(bos=self.bos))
             self.bos = None
-
-    def _merge(self, rows: torch.Tensor, positions: torch.Tensor, a: int, b: int):
-        s = self.settings
-        scores = self._scores(a, b) if self.method.scored else None
-        return merge_sequence(rows[None], None, s.keep_start, s.keep_end, s.method, positions[None], s.similarity,
-                              s.ratio, scores=scores, target=s.target, protect=s.protect)
-
-    def _scores(self, a: int, b: int) -> torch.Tensor:
-        """(1, P) the prompt's tokens scored by the setting's rankings (interleaved when it has two), over the chosen
-        heads of every tensor-parallel rank."""
-        scores = [self._term_scores(t, a, b) for t in self.terms]
-        return scores[0] if len(scores) == 1 else mixed(scores, None)
-
-    def _term_scores(self, term, a: int, b: int) -> torch.Tensor:
-        s, attn = self.settings, self.scored_attn[term.layer]
-        q_all, k_all = self.step["qk"][term.layer]
-        n, d = b - a, attn.head_size
-        mask = torch.ones(1, n, dtype=torch.bool, device=q_all.device)
-        q = q_all[a:b].view(n, attn.num_heads, d).transpose(0, 1)[None]  # (1, H, P, d)
-        k = k_all[a:b].view(n, attn.num_kv_heads, d).transpose(0, 1)[None]  # (1, H_kv, P, d)
-        attended = Attended(q, k, mask, attn.impl.scale, self.windows[term.layer], self.softcap, attn.num_heads)
-        radius = s.options["spread"]
-        if self.tp_size == 1:
-            return importance(attended, term.score, s.score_window, term.heads, radius)
-        # this rank's query heads are a slice of the model's: sum the chosen ones across ranks
-        per_head = SCORERS[term.score](attended, s.score_window)  # (1, H_local, P)
-        local = range(self.tp_rank * attn.num_heads, (self.tp_rank + 1) * attn.num_heads)
-        chosen = term.heads if term.heads is not None else range(attn.num_heads * self.tp_size)
-        mine = [h - local.start for h in chosen if h in local]
-        score = tensor_model_parallel_all_reduce(per_head[:, mine].sum(1)) / len(chosen)
-        return spread(score, radius)
 
 
 def _short_blocks(get_spec, settings, block_size: int):

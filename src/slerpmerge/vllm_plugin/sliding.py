@@ -16,6 +16,7 @@ kernel metadata) is made once per step. A step where every row has w = W runs th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -89,6 +90,41 @@ def plan(prompt: list[bool], query_start: list[int], short_start: list[int], tru
         query_start = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         groups[w] = Group(torch.tensor(members), rows, query_start)
     return Windows(spans, groups)
+
+
+class Prompts:
+    """Each prompt's entries after the cutoff, kept from its prefill for its request's decode steps, and each step's
+    windows planned from them."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.entries: dict[int, tuple[torch.Tensor, int]] = {}  # first KV block -> its prompt's entries' true
+        # positions (S',) and length P
+
+    def windows(self, layout, true: torch.Tensor) -> Windows | None:
+        """Note each whole prompt's entries, and plan each row's window in the later sliding layers (``true`` (T',):
+        the short rows' true positions)."""
+        whole, blocks = layout.prompt.tolist(), layout.first_block.tolist()
+        starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
+        for i in range(len(whole)):
+            if whole[i]:
+                self.entries[blocks[i]] = (true[shorts[i]:shorts[i + 1]].clone(), starts[i + 1] - starts[i])
+        prompts = [None if whole[i] else self.entries[blocks[i]] for i in range(len(whole))]
+        return plan(whole, starts, shorts, true, prompts, self.window)
+
+
+def narrowed(impl, windows: Callable[[], Windows | None]):
+    """``impl.forward`` with each row's window in true positions (``windows()``: the step's), where any row's is
+    narrower than the model's."""
+    stock = impl.forward
+
+    def forward(layer, query, key, value, kv_cache, attn_metadata, output=None, **kwargs):
+        step = windows()
+        if step is None or attn_metadata is None:
+            return stock(layer, query, key, value, kv_cache, attn_metadata, output=output, **kwargs)
+        return attend(impl, layer, query, key, value, kv_cache, attn_metadata, output, step)
+
+    return forward
 
 
 def attend(impl, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
