@@ -52,6 +52,13 @@ def test_flags_override_the_config_which_overrides_the_defaults(tmp_path):
     assert settings.from_args(args, {"layer_cutoff": 20, "keep_start": 4, "keep_end": 32}) == \
         {"layer_cutoff": 9, "keep_start": 4, "keep_end": 16, "method": "guided", "target": 0.25, "heads": [1, 3]}
     assert settings.from_args(p.parse_args(["--layer-cutoff", "6,15"]), {})["layer_cutoff"] == [6, 15]
+    # another method than the defaults' takes their cutoff and ends, not the options chosen for their method
+    scored = settings.default_settings(30)
+    got = settings.from_args(p.parse_args(["--method", "slerp"]), scored)
+    assert got == {"layer_cutoff": scored["layer_cutoff"], "keep_start": 4, "keep_end": 32, "method": "slerp"}
+    settings.check_options("slerp", {k: got.get(k) for k in settings.OPTION_NAMES})  # accepted as it stands
+    got = settings.from_args(p.parse_args(["--target", "0.5"]), scored)  # the same method: its options stay
+    assert got == {**scored, "target": 0.5}
     with pytest.raises(SystemExit):
         p.parse_args(["--method", "fastv"])
     assert p.parse_args(["--mix", "keynorm@2:0,1"]).mix == {"score": "keynorm", "layer": 2, "heads": [0, 1]}

@@ -249,16 +249,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def from_args(args, defaults: dict) -> dict:
-    """``defaults``, overridden by --config, overridden by explicit flags."""
-    settings = dict(defaults)
-    if args.config:
-        settings.update(read_config(args.config))
+    """``defaults``, overridden by --config, overridden by explicit flags. A --config or flag that names another
+    method than the defaults' takes only their method-free part (cutoff, ends, positions, cache): the defaults'
+    options (target, mix, window, ...) were chosen for their own method."""
+    given = dict(read_config(args.config)) if args.config else {}
     for f in fields(MergeSettings):
         value = getattr(args, f.name, None)
         if f.name == "layer_cutoff" and value is not None and len(value) == 1:
             value = value[0]
         if value is not None:
-            settings[f.name] = value
+            given[f.name] = value
+    settings = dict(defaults)
+    if given.get("method", settings.get("method", "slerp")) != settings.get("method", "slerp"):
+        settings = {k: v for k, v in settings.items() if k not in OPTION_NAMES}
+    settings.update(given)
     return settings
 
 
