@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slerpmerge.plan import (
+    chunk_scores,
     middle_ranks,
     plan_from_joins,
     plan_rounds,
@@ -48,6 +49,20 @@ def literal_select(scores, ks, ke, target):
     best = literal_order(scores, ks, ke, n)[:length - ks - ke]
     kept = sorted(set(range(ks)) | set(range(n - ke, n)) | set(best))
     return [(i, i) for i in kept]
+
+
+def literal_chunked(scores, ks, ke, chunk):
+    """Each middle token scored as the best of its chunk: runs of `chunk` tokens counted from the middle's start."""
+    ke = max(ke, 1)
+    n = len(scores)
+    ks, ke, m, _ = literal_budget(n, ks, ke, 1.0)
+    out = list(scores)
+    for start in range(ks, n - ke, chunk):
+        run = range(start, min(start + chunk, n - ke))
+        best = max(scores[j] for j in run)
+        for j in run:
+            out[j] = best
+    return out
 
 
 def runs_after_protecting(protected, ks, ke, n):
@@ -170,6 +185,11 @@ def test_target_lengths():
     mask[1, :6] = False  # 4 real tokens
     mask[2] = False
     assert target_lengths(mask, 1, 1, 0.25).tolist() == [[3], [3], [0]]  # ceil(2.5); ends + one middle; empty
+    lengths = torch.arange(1, 5000)
+    rows = torch.arange(5000)[None] < lengths[:, None]
+    for target in (0.3, 0.1, 0.7):  # not rounded up past the exact product (float32 makes ceil(50 * 0.3) 16)
+        want = [math.ceil(round(n * target, 9)) for n in lengths.tolist()]
+        assert target_lengths(rows, 0, 0, target)[:, 0].tolist() == want
 
 
 def test_plans_only_join_pairs():
@@ -178,3 +198,44 @@ def test_plans_only_join_pairs():
         plan_from_joins(mask, torch.tensor([[False, True, True, False, False]]))
     with pytest.raises(ValueError, match="pairs"):
         plan_from_joins(mask, torch.tensor([[True, False, False, False, False]]))
+
+
+@pytest.mark.parametrize("keeps", [(0, 0), (1, 2), (4, 6)])
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_chunks_are_ranked_and_kept_whole(keeps, chunk, side):
+    rows = random_rows(12, seed=hash((keeps, chunk)) % 1000, longest=60)
+    scores, mask = padded(rows, side)
+    plan = plan_select(mask, scores, *keeps, 0.3, chunk)
+    for i, r in enumerate(rows):
+        offset = mask.shape[1] - len(r) if side == "left" else 0
+        got = [f - offset for f, _ in spans(plan, i)]
+        assert [(j, j) for j in got] == literal_select(literal_chunked(r, *keeps, chunk), *keeps, 0.3), (i, r)
+        ks, ke, m, _ = literal_budget(len(r), keeps[0], max(keeps[1], 1), 1.0)
+        starts = range(ks, len(r) - ke, chunk)
+        cut = [s for s in starts if 0 < len(set(got) & set(range(s, min(s + chunk, len(r) - ke)))) <
+               len(range(s, min(s + chunk, len(r) - ke)))]
+        assert len(cut) <= 1, (i, r, got)  # every chunk kept whole or dropped whole, but one
+
+
+@pytest.mark.parametrize("chunk", [2, 5])
+def test_rounds_protect_by_chunks(chunk):
+    rows = random_rows(10, seed=chunk)
+    scores, mask = padded(rows)
+    for i, r in enumerate(rows):
+        alone_scores, alone_mask = padded([r])
+        got = compose(plan_rounds(alone_mask, alone_scores, 2, 3, 0.3, 0.5, chunk), len(r))
+        assert got == literal_rounds(literal_chunked(r, 2, 3, chunk), 2, 3, 0.3, 0.5), (i, r)
+
+
+def test_a_value_below_the_cut_comes_through_whole():
+    # a seven-token value whose first token scores high and the rest low: per token only its first piece survives
+    scores = torch.full((1, 64), 0.1)
+    scores[0, 16:23] = torch.tensor([0.9, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
+    scores[0, 40:48] = 0.5  # another run, above the value's later pieces
+    mask = torch.ones(1, 64, dtype=torch.bool)
+    alone = {f for f, _ in spans(plan_select(mask, scores, 0, 1, 0.25), 0)}
+    whole = {f for f, _ in spans(plan_select(mask, scores, 0, 1, 0.25, chunk=8), 0)}
+    assert not set(range(16, 23)) <= alone
+    assert set(range(16, 23)) <= whole
+    assert chunk_scores(mask, scores, 0, 1, 1) is scores

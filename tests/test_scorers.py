@@ -164,7 +164,7 @@ def test_each_scorer_keeps_padded_rows_equal_to_rows_alone(arch, score):
     score, _, second = score.partition("+")
     mix = {"score": second, "layer": 0} if second else None
     with slerpmerge.merging(model, layer_cutoff=1, method="guided", score=score, mix=mix, keep_start=1, keep_end=2,
-                            target=0.4, spread=1):
+                            target=0.4, spread=1, chunk=3):  # chunks counted from each row's own start
         batch = model(ids, attention_mask=mask).logits
         for row, n in enumerate(lengths):
             alone = model(ids[row:row + 1, -n:]).logits[0]
@@ -253,7 +253,7 @@ def test_mix_ranks_by_both_layers():
     key norms, each from its own probe: the merge of the unpatched model's cutoff output by those scores."""
     model = tiny_model("llama")
     ids, mask = ids_and_mask([30, 21])
-    common = dict(method="prune", target=0.4, keep_start=1, keep_end=2, window=3, spread=1)
+    common = dict(method="prune", target=0.4, keep_start=1, keep_end=2, window=3, spread=1, chunk=3)
     probes = {0: probe_on(model, 0), 2: probe_on(model, 2)}
     for probe in probes.values():
         probe.armed = True
@@ -266,9 +266,12 @@ def test_mix_ranks_by_both_layers():
     for probe in probes.values():
         probe.remove()
     h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
-    want = merge_sequence(h, mask, 1, 2, "prune", scores=mixed([last, norms], mask.bool()), target=0.4)
-    alone = merge_sequence(h, mask, 1, 2, "prune", scores=last, target=0.4)
+    both = mixed([last, norms], mask.bool())
+    want = merge_sequence(h, mask, 1, 2, "prune", scores=both, target=0.4, chunk=3)
+    alone = merge_sequence(h, mask, 1, 2, "prune", scores=last, target=0.4, chunk=3)
     assert not torch.equal(want.plan.first, alone.plan.first)  # the mix keeps other tokens
+    unchunked = merge_sequence(h, mask, 1, 2, "prune", scores=both, target=0.4)
+    assert not torch.equal(want.plan.first, unchunked.plan.first)  # and the chunks others again
 
     handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
     with slerpmerge.merging(model, layer_cutoff=2, mix={"score": "keynorm", "layer": 0, "heads": [1]}, **common):

@@ -200,7 +200,7 @@ SETTINGS = {
     "slerp": dict(layer_cutoff=1, keep_start=4, keep_end=8),
     "guided": dict(layer_cutoff=1, method="guided", keep_start=4, keep_end=8, target=0.25, protect=0.5,
                    window=8, heads=[1, 3], spread=2),
-    "prune": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8),
+    "prune": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8, chunk=3),
     "drop-reindex": dict(layer_cutoff=1, method="drop", keep_start=4, keep_end=8, positions="reindex"),
     "heavy": dict(layer_cutoff=1, method="prune", score="heavy", keep_start=4, keep_end=8, target=0.5),
     "expected": dict(layer_cutoff=1, method="prune", score="expected", keep_start=4, keep_end=8, target=0.5,
@@ -208,7 +208,7 @@ SETTINGS = {
     "keynorm-earlier": dict(layer_cutoff=2, method="guided", score="keynorm", score_layer=0, keep_start=4,
                             keep_end=8, target=0.25, heads=[2], spread=2),
     "mix": dict(layer_cutoff=2, method="guided", keep_start=4, keep_end=8, target=0.25, window=8, heads=[1, 3],
-                spread=2, mix={"score": "keynorm", "layer": 0, "heads": [0, 2]}),
+                spread=2, chunk=4, mix={"score": "keynorm", "layer": 0, "heads": [0, 2]}),
 }
 
 GEMMA = dict(layer_cutoff=0, method="guided", keep_start=4, keep_end=8, target=0.25, window=8)

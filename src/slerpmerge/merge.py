@@ -61,6 +61,7 @@ def merge_sequence(
     scores: torch.Tensor | None = None,
     target: float | None = None,
     protect: float | None = None,
+    chunk: int | None = None,
 ) -> Merged:
     """Shorten ``hidden_states`` (B, S, D) by ``method`` (see `slerpmerge.methods`; the article's by default).
 
@@ -68,11 +69,12 @@ def merge_sequence(
     positions, by default their index among the row's real tokens. ``similarity`` / ``ratio``: merge only the
     pairs whose cosine reaches the threshold, or that fraction of them, the most similar first. ``scores`` (B, S):
     the importance of each token, for the scored methods, which keep ``target`` of each row's tokens, ``protect``
-    of those exact. Rows may come out of different lengths: the output is then padded on the input's side (left
+    of those exact, ranking whole runs of ``chunk`` tokens. Rows may come out of different lengths: the output is then padded on the input's side (left
     when there was no padding).
     """
     m = methods.get(method)
-    options = check_options(method, dict(similarity=similarity, ratio=ratio, target=target, protect=protect))
+    options = check_options(method, dict(similarity=similarity, ratio=ratio, target=target, protect=protect,
+                                                chunk=chunk))
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     if m.scored and (scores is None or scores.shape != hidden_states.shape[:2]):

@@ -23,7 +23,7 @@ class Tokens:
     scores: torch.Tensor | None  # (B, S) importance at the cutoff, for scored methods
     keep_start: int
     keep_end: int
-    options: dict  # the method's own settings (similarity, ratio, target, protect)
+    options: dict  # the method's own settings (similarity, ratio, target, protect, chunk)
 
 
 def pairs(tokens: Tokens) -> list[MergePlan]:
@@ -40,12 +40,12 @@ def pairs(tokens: Tokens) -> list[MergePlan]:
 def rounds(tokens: Tokens) -> list[MergePlan]:
     o = tokens.options
     return plan.plan_rounds(tokens.mask, tokens.scores, tokens.keep_start, tokens.keep_end, o["target"],
-                            o["protect"])
+                            o["protect"], o["chunk"])
 
 
 def select(tokens: Tokens) -> list[MergePlan]:
     return [plan.plan_select(tokens.mask, tokens.scores, tokens.keep_start, tokens.keep_end,
-                             tokens.options["target"])]
+                             tokens.options["target"], tokens.options["chunk"])]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Method:
 
 PAIR_OPTIONS = {"similarity": None, "ratio": None}
 SCORED_OPTIONS = {"target": 0.5, "score": "last", "score_layer": None, "mix": None, "window": None, "heads": None,
-                  "spread": 0}
+                  "spread": 0, "chunk": 1}
 
 METHODS = {m.name: m for m in (
     Method("slerp", pairs, combine.slerp, False, PAIR_OPTIONS,

@@ -22,7 +22,7 @@ def merge(m, k: int, hidden: torch.Tensor) -> torch.Tensor:
         start(m, hidden)
     scores = m.scorings[k].importance(call.mask) if m.scorings else None
     merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
-                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
+                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
     return enter(m, k, merged.hidden_states, merged.plan.mask, merged.positions)
 
 
@@ -90,7 +90,7 @@ def reselect(m, hidden: torch.Tensor) -> torch.Tensor:
     window = min(s.score_window, int(question.sum(1).min()))  # the question's own last tokens score
     scores = m.scorings[0].importance(torch.cat([context, question], 1), keys, window)[:, :size]
     merged = merge_sequence(kept.hidden, context, s.keep_start, s.keep_end, s.method, kept.positions,
-                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect)
+                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
     # from here on this call is the prefill of the chosen context and the question
     m.prompt = Prompt(cache=weakref.ref(call.cache), length=size + q, right_padded=not bool(question[:, -1].all()))
     call.past = 0

@@ -39,6 +39,7 @@ class MergeSettings:
     window: int | None = None  # scored methods: how many last tokens' queries score (default keep_end, or 32)
     heads: tuple[int, ...] | None = None  # scored methods: score with these query heads only (calibrated)
     spread: int | None = None  # scored methods: a token scores the best within this many tokens of it
+    chunk: int | None = None  # scored methods: rank and keep runs of this many tokens whole (values stay whole)
 
     def __hash__(self) -> int:  # (merged lengths are cached by settings) `mix` is a dict
         return hash(json.dumps(self.kwargs(), sort_keys=True))
@@ -102,7 +103,7 @@ class Term:
 
 
 OPTION_NAMES = ("similarity", "ratio", "target", "protect", "score", "score_layer", "mix", "window", "heads",
-                "spread")
+                "spread", "chunk")
 MIX_KEYS = ("score", "layer", "heads")
 _RANGES = {"similarity": (-1.0, 1.0, "a cosine threshold"), "ratio": (0.0, 1.0, "the fraction of pairs to merge"),
            "target": (0.0, 1.0, "the fraction of tokens kept"), "protect": (0.0, 1.0, "the share kept exact")}
@@ -132,6 +133,7 @@ def check_options(method: str, options: dict) -> dict:
                          f"'heads': query heads}} (layer and heads optional); got {mix!r}")
     counts = {**given, "mix layer": (mix or {}).get("layer")}
     for name, least, what in (("window", 1, "a number of tokens"), ("spread", 0, "a number of tokens"),
+                              ("chunk", 1, "a number of tokens"),
                               ("score_layer", 0, "a layer index"), ("mix layer", 0, "a layer index")):
         value = counts.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -178,12 +180,13 @@ def default_settings(num_layers: int) -> dict:
     """For a model with no tuned defaults, a setting that needs no calibration: SmolLM2's recipe with every head.
 
     Prune after half the depth to 0.3 of the tokens, ranked by the last 8 tokens' attention over all heads and, as
-    the mix, all heads' key norms at layer 2 (numbers asked about later). The ideal prefill speedup is 1.55-1.64x on
-    the four built-ins at 1024-4096 tokens (`bench.ideal`); a calibrated model does better.
+    the mix, all heads' key norms at layer 2 (numbers asked about later), kept in whole chunks of 8 tokens so that
+    a value spelled in many tokens keeps all its pieces. The ideal prefill speedup is 1.55-1.64x on the four
+    built-ins at 1024-4096 tokens (`bench.ideal`).
     """
     cutoff = cutoff_grid(num_layers, [0.5])[0]
-    return dict(method="prune", layer_cutoff=cutoff, target=0.3, window=8, spread=8, keep_start=4, keep_end=32,
-                mix={"score": "keynorm", "layer": min(2, cutoff)})
+    return dict(method="prune", layer_cutoff=cutoff, target=0.3, window=8, spread=8, chunk=8, keep_start=4,
+                keep_end=32, mix={"score": "keynorm", "layer": min(2, cutoff)})
 
 
 def cutoff_label(layer_cutoff) -> str:
@@ -245,6 +248,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, help="scored methods: last tokens whose attention scores")
     g.add_argument("--heads", type=ints, help="scored methods: query heads that score (from a calibration)")
     g.add_argument("--spread", type=int, help="scored methods: a token scores the best within this many of it")
+    g.add_argument("--chunk", type=int, help="scored methods: keep or drop runs of this many tokens whole")
     g.add_argument("--config", type=Path, help="JSON file of patch settings (from `slerpmerge tune`)")
 
 

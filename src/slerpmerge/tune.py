@@ -70,7 +70,7 @@ def stage_lengths(setting: dict, length: int, dim: int = 8) -> list[int]:
         scores = torch.rand(hidden.shape[:2], generator=g) if METHODS[s.method].scored else None
         hidden = merge_sequence(hidden, None, s.keep_start, s.keep_end, s.method, None, o.get("similarity"),
                                 o.get("ratio"), scores=scores, target=o.get("target"),
-                                protect=o.get("protect")).hidden_states
+                                protect=o.get("protect"), chunk=o.get("chunk")).hidden_states
         out.append(hidden.shape[1])
     return out
 

@@ -87,7 +87,7 @@ def merge_cost(model, ids: torch.Tensor, settings: MergeSettings) -> dict:
     hidden = seen["args"][0] if seen["args"] else seen["kwargs"]["hidden_states"]
     s = settings
     positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-    options = dict(similarity=s.similarity, ratio=s.ratio, target=s.target, protect=s.protect)
+    options = dict(similarity=s.similarity, ratio=s.ratio, target=s.target, protect=s.protect, chunk=s.chunk)
     score_s = 0.0
     if scoring is not None:
         scoring.arm(False)

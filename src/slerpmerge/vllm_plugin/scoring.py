@@ -58,7 +58,7 @@ class PromptMerger:
         s = self.settings
         scores = self.scores(qk, a, b) if self.method.scored else None
         return merge_sequence(rows[None], None, s.keep_start, s.keep_end, s.method, positions[None], s.similarity,
-                              s.ratio, scores=scores, target=s.target, protect=s.protect)
+                              s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
 
     def scores(self, qk: dict, a: int, b: int) -> torch.Tensor:
         """(1, P) the prompt's tokens scored by the setting's rankings (interleaved when it has two), over the chosen
