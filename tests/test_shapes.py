@@ -42,7 +42,7 @@ def test_chat_puts_the_document_and_question_in_a_user_turn(smollm2, gemma3):
     gemma_item = TASKS["once"](gemma_tokenizer, token_stream(gemma_tokenizer, default_texts()[:40]), 300, 1)[0]
     with pytest.raises(ValueError, match="the chat shape needs a chat template"):
         shaped(gemma_tokenizer, gemma_item, "chat")
-    with pytest.raises(ValueError, match="shape must be one of end, chat, later"):
+    with pytest.raises(ValueError, match="shape must be one of end, chat, later, reselect"):
         shaped(tokenizer, item, "first")
 
 
@@ -56,8 +56,9 @@ def test_later_answers_as_the_whole_prompt_when_nothing_is_shortened():
     want = whole(model, ids)
     for setting in (BASE, dict(method="truncate", target=1.0),
                     dict(method="guided", layer_cutoff=1, keep_start=4, keep_end=40, target=0.5)):
-        got, seen = answer(model, context, question, setting, "later", 5, 0)
-        assert got == want and seen == 33, setting
+        for shape in ("later", "reselect"):
+            got, seen = answer(model, context, question, setting, shape, 5, 0)
+            assert got == want and seen == 33, (setting, shape)
 
 
 @torch.no_grad()
@@ -86,3 +87,18 @@ def test_sweep_writes_a_kind_per_shape(smollm2, tmp_path):
     later = [r for r in rows if r["kind"] == "once:later" and r["method"] == "prune"]
     end = [r for r in rows if r["kind"] == "once" and r["method"] == "prune"]
     assert all(a["merged_length"] < b["merged_length"] for a, b in zip(later, end))  # the question is not merged
+
+
+@torch.no_grad()
+def test_reselect_lets_the_question_choose_the_context_tokens():
+    """Asked later with reselection, the question ranks the context at the cutoff: the answer is the one-prompt
+    answer of the same tokens (`test_context` checks that reference), and not the answer of a context shortened
+    before its question."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 48), generator=torch.Generator().manual_seed(5))
+    context, question = ids[:, :40], ids[:, 40:]
+    setting = dict(method="prune", layer_cutoff=1, target=0.5, keep_start=2, window=4)
+    later, seen_later = answer(model, context, question, setting, "later", 5, 0)
+    chosen, seen_chosen = answer(model, context, question, setting, "reselect", 5, 0)
+    assert seen_later == seen_chosen == 20  # half the context either way; the question whole
+    assert len(chosen) == 5 and chosen != later

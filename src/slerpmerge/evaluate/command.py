@@ -72,8 +72,8 @@ def ruler_shape(args) -> dict:
         if task not in RULER_TASKS:
             raise ValueError(f"--suite ruler --tasks takes {', '.join(RULER_TASKS)}; got {task!r}")
     for s in out["shapes"]:
-        if s not in ("end", "later"):
-            raise ValueError(f"--suite ruler --shapes takes end, later (its prompts are in the model's chat template "
+        if s not in ("end", "later", "reselect"):
+            raise ValueError(f"--suite ruler --shapes takes end, later, reselect (its prompts are in the model's chat template "
                              f"already); got {s!r}")
     return out
 
@@ -197,7 +197,7 @@ def add_parser(sub, model_arguments) -> None:
     p.add_argument("--task-items", type=int, help="items per task and length")
     p.add_argument("--shapes", type=lambda s: [x for x in s.split(",") if x],
                    help=f"where the question sits, of {', '.join(SHAPES)} (default end; later: the context is "
-                        "shortened before its question)")
+                        "shortened before its question; reselect: the question chooses from a kept context)")
     p.add_argument("--speed-runs", type=int, help="timed prefill runs per setting and length")
     p.add_argument("--seed", type=int, default=0)
 

@@ -6,8 +6,10 @@
     later   the context is prefilled and shortened alone; the question and the answer continue it at their true
             positions (a chat over one document, a cached context, kvpress's protocol): nothing the merge keeps can
             depend on the question
+    reselect  as `later`, but the context is kept at the cutoff (`prefill(..., reselect=True)`) and the question
+            chooses the context's tokens with its own queries there
 
-A baseline in `later` shortens the context alone: truncation keeps its ends, select its best-scored tokens.
+A baseline in `later` and `reselect` shortens the context alone: truncation keeps its ends, select its best-scored tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..patching import merged_lengths, merging
 from .runs import generate, prepared
 from .tasks import Item
 
-SHAPES = ("end", "chat", "later")
+SHAPES = ("end", "chat", "later", "reselect")
 
 
 def chat_parts(tokenizer) -> tuple[str, str]:
@@ -56,14 +58,16 @@ def shaped(tokenizer, item: Item, shape: str) -> tuple[torch.Tensor, torch.Tenso
 def answer(model, context: torch.Tensor, question: torch.Tensor, setting: dict, shape: str, new_tokens: int,
            pad_id) -> tuple[list[int], int]:
     """The greedy answer tokens of a setting in a shape, and how many tokens the last layers saw."""
-    if shape != "later":
+    if shape not in ("later", "reselect"):
         return generate(model, torch.cat([context, question], 1), setting, new_tokens, pad_id)[1:]
     kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
     if setting["method"] in METHODS:
         with merging(model, **setting):
-            kept = prefill(model, context)
-            short = merged_lengths(model)[-1]
+            kept = prefill(model, context, reselect=shape == "reselect")
+            short = None if shape == "reselect" else merged_lengths(model)[-1]
             out = kept.generate(question, **kwargs)
+            if short is None:  # the context's tokens the question chose, as the later layers saw them
+                short = merged_lengths(model)[-1] - question.shape[1]
         return out[0, context.shape[1] + question.shape[1]:].tolist(), short  # fewer where it ends early
     context, _ = prepared(model, context, setting)  # the base model's, or a baseline's shortened context
     cache = DynamicCache(config=model.config)
