@@ -61,6 +61,10 @@ for t in once word passkey facts; do .venv-peers/bin/python results/shapes/askla
     --settings results/shapes/shapes-settings-smollm2-135m-default.jsonl --lengths "" --windows 0 \
     --tasks passkey,facts,once,word --shapes end,chat,later --task-lengths 4096 --task-items 24 --speed-runs 0 --threads 1
 # and the same with --settings results/shapes/settings/truncate-0.6.json, then settings/select-7.json
+# Asked later with reselection (each question chooses the context's tokens), base and the default, 2048 tokens:
+.venv/bin/slerpmerge eval --model smollm2-135m --out results/shapes/shapes-smollm2-135m \
+    --settings results/shapes/shapes-settings-smollm2-135m-default.jsonl --lengths "" --windows 0 \
+    --tasks passkey,facts,once,word --shapes reselect --task-lengths 2048 --task-items 12 --speed-runs 0 --threads 1
 .venv/bin/slerpmerge eval --model gemma3-270m --out results/shapes/shapes-gemma3-270m \
     --settings results/shapes/shapes-settings-gemma3-270m.jsonl --lengths "" --windows 0 --tasks passkey,facts,once,word \
     --shapes end,later --task-lengths 2048 --task-items 24 --speed-runs 0 --threads 1   # select @5 resumed later
