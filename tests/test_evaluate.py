@@ -225,3 +225,22 @@ def test_the_summary_counts_rows_another_eval_wrote_while_this_one_ran(tmp_path,
     ours = {r["settings_json"] for r in summary if r["method"] == "truncate"} - {other["setting"]}
     assert len(ours) == 5  # the grid's truncations, each on its one item
     assert [r["n"] for r in summary if r["settings_json"] == other["setting"]] == [1]
+
+
+def test_flags_override_the_presets_and_unknown_tasks_or_shapes_are_refused():
+    from argparse import Namespace
+
+    from slerpmerge.evaluate.command import shape
+
+    def args(**given):
+        return Namespace(quick=True, suite="tasks", **given)
+
+    assert shape(args())["task_items"] == 4 and shape(args(task_items=7))["task_items"] == 7
+    with pytest.raises(ValueError, match="^--tasks takes passkey, once, word, facts, qa; got .vt."):
+        shape(args(tasks=["vt"]))
+    with pytest.raises(ValueError, match="^--shapes takes end, chat, later, reselect; got 'first'"):
+        shape(args(shapes=["first"]))
+    ruler = shape(Namespace(quick=False, suite="ruler", shapes=["reselect"]))
+    assert ruler["shapes"] == ["reselect"] and ruler["task_items"] == 20
+    with pytest.raises(ValueError, match="^--suite ruler --tasks takes niah_single_1"):
+        shape(Namespace(quick=False, suite="ruler", tasks=["once"]))

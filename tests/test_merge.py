@@ -19,6 +19,18 @@ def reference(hidden: torch.Tensor, keep_start: int, keep_end: int, method: str)
     return torch.stack([v for v, _ in out]), torch.tensor([p for _, p in out])
 
 
+def padded_mask(lengths: list[int], side: str) -> torch.Tensor:
+    """(B, max length) long: each row's real tokens on the padding's other side."""
+    seq = max(lengths)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if side == "left":
+            mask[row, seq - n:] = 1
+        else:
+            mask[row, :n] = 1
+    return mask
+
+
 def expected_length(n: int, keep_start: int, keep_end: int) -> int:
     ks = min(keep_start, n)
     ke = min(keep_end, n - ks)
@@ -70,12 +82,7 @@ def test_padded_rows_equal_rows_merged_alone(side, keep_start, keep_end):
     lengths = [0, 1, 2, 3, 7, 12, 19, 20]
     seq = max(lengths)
     hidden = torch.randn(len(lengths), seq, 8)
-    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        if side == "left":
-            mask[row, seq - n:] = 1
-        else:
-            mask[row, :n] = 1
+    mask = padded_mask(lengths, side)
     out = merge_sequence(hidden, mask, keep_start, keep_end)
     width = out.hidden_states.shape[1]
     assert width == max(expected_length(n, keep_start, keep_end) for n in lengths)
@@ -258,12 +265,7 @@ def test_every_method_keeps_the_last_real_token_exact_at_keep_end_0(method, side
     lengths = [37, 20, 9, 3]
     seq = max(lengths)
     hidden = torch.randn(len(lengths), seq, 8)
-    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        if side == "left":
-            mask[i, seq - n:] = 1
-        else:
-            mask[i, :n] = 1
+    mask = padded_mask(lengths, side)
     scores = torch.rand(len(lengths), seq)
     last_in = [seq - 1 if side == "left" else n - 1 for n in lengths]
     for i, j in enumerate(last_in):

@@ -165,6 +165,7 @@ def test_bad_settings_are_refused(folder, cache, tmp_path, capsys):
     assert main([*base, "--tasks", "vt", "--lengths", "4096"]) == 2
     assert "at most 2048 tokens" in capsys.readouterr().err
     assert main([*base, "--tasks", "vt", "--shapes", "chat"]) == 2
+    assert "--suite ruler --shapes takes end, later, reselect" in capsys.readouterr().err
 
 
 def test_the_harness_tasks_read_the_same_items_and_score_as_ruler(folder, cache, fwe):

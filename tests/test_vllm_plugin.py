@@ -48,16 +48,20 @@ LOGPROBS = 5
 TOLERANCE = 2e-4  # log-probabilities, float32, two engines' kernels
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def saved_models(tmp_path_factory, configs: dict) -> dict:
+    """name -> a folder holding a random float32 model of that config (seed 0)."""
     out = {}
-    for arch, make in CONFIGS.items():
+    for name, make in configs.items():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
-        folder = tmp_path_factory.mktemp(arch)
-        model.save_pretrained(folder)
-        out[arch] = folder
+        out[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(out[name])
     return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return saved_models(tmp_path_factory, CONFIGS)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -567,13 +571,7 @@ FRACTIONAL_ROTARIES = ("plain", "llama3")
 
 @pytest.fixture(scope="module")
 def rotary_folders(tmp_path_factory):
-    out = {}
-    for name, make in ROTARIES.items():
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
-        out[name] = tmp_path_factory.mktemp(name)
-        model.save_pretrained(out[name])
-    return out
+    return saved_models(tmp_path_factory, ROTARIES)
 
 
 @pytest.mark.parametrize("rotary", list(ROTARIES))

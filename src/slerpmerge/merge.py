@@ -69,12 +69,12 @@ def merge_sequence(
     positions, by default their index among the row's real tokens. ``similarity`` / ``ratio``: merge only the
     pairs whose cosine reaches the threshold, or that fraction of them, the most similar first. ``scores`` (B, S):
     the importance of each token, for the scored methods, which keep ``target`` of each row's tokens, ``protect``
-    of those exact, ranking whole runs of ``chunk`` tokens. Rows may come out of different lengths: the output is then padded on the input's side (left
-    when there was no padding).
+    of those exact, ranking whole runs of ``chunk`` tokens. Rows may come out of different lengths: the output is
+    then padded on the input's side (left when there was no padding).
     """
     m = methods.get(method)
     options = check_options(method, dict(similarity=similarity, ratio=ratio, target=target, protect=protect,
-                                                chunk=chunk))
+                                         chunk=chunk))
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     if m.scored and (scores is None or scores.shape != hidden_states.shape[:2]):

@@ -48,15 +48,19 @@ def shape(args) -> dict:
     else:
         out = dict(lengths=[1024, 2048], windows=24, gen_tokens=16, tasks=["once", "word", "facts", "passkey", "qa"],
                    task_lengths=[2048], task_items=24, speed_runs=5, shapes=["end"])
-    for k in out:
-        if getattr(args, k, None) is not None:
-            out[k] = getattr(args, k)
+    return overridden(args, out, TASKS, SHAPES)
+
+
+def overridden(args, preset: dict, tasks, shapes, suite: str = "", why: str = "") -> dict:
+    """A preset's sizes with the flags given in ``args`` over them; tasks and shapes outside those allowed raise
+    (``suite``: the flag naming the suite, for the messages)."""
+    out = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in preset.items()}
     for task in out["tasks"]:
-        if task not in TASKS:
-            raise ValueError(f"--tasks takes {', '.join(TASKS)}; got {task!r}")
+        if task not in tasks:
+            raise ValueError(f"{suite}--tasks takes {', '.join(tasks)}; got {task!r}")
     for s in out["shapes"]:
-        if s not in SHAPES:
-            raise ValueError(f"--shapes takes {', '.join(SHAPES)}; got {s!r}")
+        if s not in shapes:
+            raise ValueError(f"{suite}--shapes takes {', '.join(shapes)}{why}; got {s!r}")
     return out
 
 
@@ -65,17 +69,8 @@ def ruler_shape(args) -> dict:
     tasks; no prose windows."""
     out = dict(lengths=[4096], tasks=list(RULER_TASKS), task_items=2 if args.quick else 20,
                speed_runs=2 if args.quick else 5, shapes=["end"])
-    for k in out:
-        if getattr(args, k, None) is not None:
-            out[k] = getattr(args, k)
-    for task in out["tasks"]:
-        if task not in RULER_TASKS:
-            raise ValueError(f"--suite ruler --tasks takes {', '.join(RULER_TASKS)}; got {task!r}")
-    for s in out["shapes"]:
-        if s not in ("end", "later", "reselect"):
-            raise ValueError(f"--suite ruler --shapes takes end, later, reselect (its prompts are in the model's chat template "
-                             f"already); got {s!r}")
-    return out
+    return overridden(args, out, RULER_TASKS, ("end", "later", "reselect"), "--suite ruler ",
+                      " (its prompts are in the model's chat template already)")
 
 
 def command_line() -> str:
