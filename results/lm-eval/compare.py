@@ -9,27 +9,18 @@ import json
 import sys
 from pathlib import Path
 
-TASKS = ("once", "passkey", "word", "facts")
+from vllm_backend import TASKS, samples  # (this folder) the same reading of lm-eval's logged samples
 
 
 def harness(folder: str) -> dict:
-    out = {}
-    for f in Path(folder).rglob("samples_slerpmerge_*.jsonl"):
-        task = f.name.split("_")[2]
-        for line in f.read_text().splitlines():
-            s = json.loads(line)
-            out[task, s["doc"]["item"]] = (s["correct"], s["resps"][0][0].strip())
-    return out
+    """(task, item) -> (right or wrong, the stripped answer) of each logged sample."""
+    return {key: (s["correct"], s["resps"][0][0].strip()) for key, s in samples(folder).items()}
 
 
 def main(base: str, default: str, eval_dir: str) -> None:
     rows = [json.loads(line) for line in (Path(eval_dir) / "results.jsonl").read_text().splitlines()]
     ev = {(r["kind"], r["item"], r["method"] == "base"): (r["correct"], r["answer"]) for r in rows}
-    docs = {}
-    for f in Path(base).rglob("samples_slerpmerge_*.jsonl"):
-        for line in f.read_text().splitlines():
-            d = json.loads(line)["doc"]
-            docs[d["task"], d["item"]] = d["roundtrip"]
+    docs = {(s["doc"]["task"], s["doc"]["item"]): s["doc"]["roundtrip"] for s in samples(base).values()}
     sides = {"base": harness(base), "default": harness(default)}
     for task in TASKS:
         for item in range(max(i for t, i in docs if t == task) + 1):

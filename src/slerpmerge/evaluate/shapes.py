@@ -9,7 +9,8 @@
     reselect  as `later`, but the context is kept at the cutoff (`prefill(..., reselect=True)`) and the question
             chooses the context's tokens with its own queries there
 
-A baseline in `later` and `reselect` shortens the context alone: truncation keeps its ends, select its best-scored tokens.
+A baseline in `later` and `reselect` shortens the context alone: truncation keeps its ends, select its best-scored
+tokens.
 """
 
 from __future__ import annotations
