@@ -18,7 +18,7 @@ def test_doctor_reports_versions_and_checks_every_architecture(capsys, monkeypat
 def test_doctor_says_when_transformers_is_outside_the_range(capsys, monkeypatch):
     monkeypatch.setattr(doctor, "BUILTIN_CHECK", False)
     monkeypatch.setattr(transformers, "__version__", "5.40.0")
-    with pytest.warns(UserWarning, match="tested on transformers >=5.2,<5.25, not 5.40.0"):  # patch() warns too
+    with pytest.warns(UserWarning, match="tested on transformers >=5.2,<5.26, not 5.40.0"):  # patch() warns too
         assert doctor.run() is False
     assert "transformers 5.40.0: OUTSIDE the tested range" in capsys.readouterr().out
 
