@@ -19,8 +19,8 @@ from vllm.v1.attention.backend import (AttentionBackend, AttentionCGSupport, Com
                                        subclass_attention_backend)
 from vllm.v1.attention.backends.utils import PAD_SLOT_ID
 
+from ..merge import merged_length
 from .config import settings_from_config
-from .kvspec import short_length
 from .layout import Shrinks, StepLayout, plan_step
 
 # fields a short step cannot carry over from the long one; the engine features that set them are refused at start
@@ -129,7 +129,7 @@ def shortened_backend(base: type[AttentionBackend]) -> type[AttentionBackend]:
                                    (cm.seq_lens if seq_lens is None else seq_lens)[:cm.num_reqs],
                                    cm.block_table_tensor, cm.slot_mapping[:cm.num_actual_tokens],
                                    self.kv_cache_spec.block_size, self.slerpmerge_shrinks,
-                                   lambda n: short_length(n, settings))
+                                   lambda n: merged_length(n, settings))
             short = short_metadata(cm, layout, self.slerpmerge_buffers)
             # no prefix is common to the short step's requests (prefix caching is off): no cascade attention
             metadata = super().build(0, short, fast_build)

@@ -12,7 +12,6 @@ Registered through vLLM's `KVCacheSpecRegistry` (`register`), the documented way
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +22,6 @@ from vllm.v1.kv_cache_interface import AttentionSpec, FullAttentionSpec, KVCache
 
 from ..merge import merged_length
 from ..settings import MergeSettings
-
-
-@functools.lru_cache(maxsize=4096)
-def short_length(length: int, settings: MergeSettings) -> int:
-    """`merged_length`, remembered: the scheduler asks it for every waiting request at every step."""
-    return merged_length(length, settings)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +65,7 @@ class ShortManager(SingleTypeKVCacheManager):
         """A request's slots in these layers when vLLM counts ``num_tokens``."""
         shrink = self.shrink.get(request_id)
         if shrink is None:  # not allocated yet: the whole sequence arrives as one prompt
-            shrink = num_tokens - short_length(num_tokens, self.settings)
+            shrink = num_tokens - merged_length(num_tokens, self.settings)
         return num_tokens - shrink
 
     def get_num_blocks_to_allocate(self, request_id: str, num_tokens: int,
@@ -86,7 +79,7 @@ class ShortManager(SingleTypeKVCacheManager):
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
         if request_id not in self.shrink:
-            self.shrink[request_id] = num_tokens - short_length(num_tokens, self.settings)
+            self.shrink[request_id] = num_tokens - merged_length(num_tokens, self.settings)
         return super().allocate_new_blocks(request_id, self.short(request_id, num_tokens),
                                            self.short(request_id, num_tokens_main_model))
 
