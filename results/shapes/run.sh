@@ -116,3 +116,6 @@ for s in gemma-prune-11 gemma-truncate-0.75; do .venv/bin/slerpmerge eval --mode
 .venv/bin/slerpmerge eval --model gemma3-270m --out results/shapes/shapes-gemma3-270m-window \
     --settings results/shapes/settings/gemma-mix.json --lengths "" --windows 0 --tasks once,passkey,word,facts \
     --shapes end,later --task-lengths 2048 --task-items 24 --speed-runs 0 --threads 1
+# What a later question costs each way (alone on the machine):
+HF_HUB_OFFLINE=1 .venv/bin/python results/shapes/reselect_cost.py --model smollm2-135m --length 4096 --threads 2 \
+    --runs 5 --out results/shapes/reselect-cost-smollm2-135m.jsonl
