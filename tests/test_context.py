@@ -9,7 +9,7 @@ import torch
 import slerpmerge
 from slerpmerge.compat import cache_kwargs
 from slerpmerge.data import long_document
-from tiny import ARCHITECTURES, tiny_model
+from tiny import ARCHITECTURES, tiny_model, with_pieces
 from transformers.cache_utils import DynamicCache
 
 GUIDED = dict(layer_cutoff=1, method="guided", keep_start=2, keep_end=4, target=0.5, window=4)
@@ -165,6 +165,21 @@ def test_a_short_context_whose_keys_the_question_pushes_out_of_a_sliding_cache()
     want, want_logits, want_entries = answers(model, one_prompt(settings, 6, 10), context, question, reselect=None)
     assert entries.shape[1] == 3 + 10
     torch.testing.assert_close(entries, want_entries)
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_question_on_a_kept_context_keeps_whole_words_as_one_prompt(arch, tmp_path):
+    """words=True: the context's word starts, read with the context, shape the runs each question keeps."""
+    model = with_pieces(tiny_model(arch), tmp_path)
+    context, question = ids(36, 1, S), ids(37, 1, Q)
+    settings = dict(RESELECT, method="prune", keep_end=KEEP_END, chunk=3, words=True)
+    got, got_logits, entries = answers(model, settings, context, question, reselect=True)
+    want, want_logits, want_entries = answers(model, one_prompt(settings, S, Q), context, question, reselect=None)
+    fixed = answers(model, {**settings, "words": None}, context, question, reselect=True)[2]
+    assert not torch.equal(entries, fixed)  # runs by words keep other tokens than runs of 3
+    torch.testing.assert_close(entries, want_entries)
+    assert torch.equal(got, want)
     torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
 
 

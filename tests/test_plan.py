@@ -51,14 +51,22 @@ def literal_select(scores, ks, ke, target):
     return [(i, i) for i in kept]
 
 
-def literal_chunked(scores, ks, ke, chunk):
-    """Each middle token scored as the best of its chunk: runs of `chunk` tokens counted from the middle's start."""
+def literal_chunked(scores, ks, ke, chunk, words=None):
+    """Each middle token scored as the best of its run: runs of `chunk` tokens counted from the middle's start, or,
+    given `words` (a flag per token: it begins a word), from each word's start, a word longer than `chunk` in
+    several runs."""
     ke = max(ke, 1)
     n = len(scores)
     ks, ke, m, _ = literal_budget(n, ks, ke, 1.0)
+    runs, size = [], chunk
+    for j in range(ks, n - ke):
+        if size == chunk or (words is not None and words[j]):
+            runs.append([])
+            size = 0
+        runs[-1].append(j)
+        size += 1
     out = list(scores)
-    for start in range(ks, n - ke, chunk):
-        run = range(start, min(start + chunk, n - ke))
+    for run in runs:
         best = max(scores[j] for j in run)
         for j in run:
             out[j] = best
@@ -226,6 +234,45 @@ def test_rounds_protect_by_chunks(chunk):
         alone_scores, alone_mask = padded([r])
         got = compose(plan_rounds(alone_mask, alone_scores, 2, 3, 0.3, 0.5, chunk), len(r))
         assert got == literal_rounds(literal_chunked(r, 2, 3, chunk), 2, 3, 0.3, 0.5), (i, r)
+
+
+@pytest.mark.parametrize("keeps", [(0, 0), (1, 2), (4, 6)])
+@pytest.mark.parametrize("chunk", [2, 5])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_runs_follow_words(keeps, chunk, side):
+    rows = random_rows(12, seed=hash((keeps, chunk, side)) % 1000, longest=60)
+    gen = torch.Generator().manual_seed(chunk)
+    words = [(torch.rand(len(r), generator=gen) < 0.3).tolist() for r in rows]  # a word of ~3 tokens, some long
+    scores, mask = padded(rows, side)
+    starts, _ = padded([[float(w) for w in ws] for ws in words], side)
+    plan = plan_select(mask, scores, *keeps, 0.3, chunk, starts.bool())
+    for i, r in enumerate(rows):
+        offset = mask.shape[1] - len(r) if side == "left" else 0
+        got = [f - offset for f, _ in spans(plan, i)]
+        want = literal_select(literal_chunked(r, *keeps, chunk, words[i]), *keeps, 0.3)
+        assert [(j, j) for j in got] == want, (i, r, words[i])
+        alone_scores, alone_mask = padded([r])
+        rounds = compose(plan_rounds(alone_mask, alone_scores, *keeps, 0.3, 0.5, chunk,
+                                     torch.tensor([words[i]])), len(r))
+        assert rounds == literal_rounds(literal_chunked(r, *keeps, chunk, words[i]), *keeps, 0.3, 0.5), (i, r)
+
+
+def test_a_long_value_comes_through_whole_as_a_word():
+    # a 30-token value (a UUID a character a token) led by one high-scoring token: runs of 8 keep its first run
+    # only; runs that follow words keep all of it
+    scores = torch.full((1, 128), 0.1)
+    scores[0, 40] = 0.9
+    scores[0, 41:70] = 0.05
+    scores[0, 90:110] = 0.5  # prose that ranks above the value's later pieces
+    mask = torch.ones(1, 128, dtype=torch.bool)
+    words = torch.zeros(1, 128, dtype=torch.bool)
+    words[0, ::3] = True  # prose: a word every 3 tokens
+    words[0, 40:70] = False
+    words[0, 40] = words[0, 70] = True  # the value: one word
+    fixed = {f for f, _ in spans(plan_select(mask, scores, 0, 1, 0.3, chunk=8), 0)}
+    worded = {f for f, _ in spans(plan_select(mask, scores, 0, 1, 0.3, chunk=48, word_starts=words), 0)}
+    assert not set(range(40, 70)) <= fixed
+    assert set(range(40, 70)) <= worded
 
 
 def test_a_value_below_the_cut_comes_through_whole():

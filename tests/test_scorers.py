@@ -5,7 +5,7 @@ each scorer keeps each padded row equal to that row alone."""
 import pytest
 import torch
 from test_hooks import ids_and_mask
-from tiny import ARCHITECTURES, tiny_model
+from tiny import ARCHITECTURES, begins, tiny_model, with_pieces
 
 import slerpmerge
 from slerpmerge.architecture import layer_types
@@ -296,3 +296,48 @@ def test_bad_mixes_are_refused():
     with pytest.raises(ValueError, match="mix applies to method guided, guided-mean, prune, not slerp"):
         slerpmerge.patch(model, layer_cutoff=1, mix={"score": "keynorm"})
     assert not hasattr(model, "_slerpmerge")
+
+
+@torch.no_grad()
+def test_runs_follow_the_tokenizers_words(tmp_path):
+    """words=True: the tokens kept are those the merge keeps with the prompt's word starts, as the tokenizer saved
+    beside the model spells its words; padded rows as rows alone."""
+    model = with_pieces(tiny_model("llama"), tmp_path)
+    ids, mask = ids_and_mask([40, 29])
+    common = dict(method="prune", target=0.4, keep_start=1, keep_end=2, window=3, chunk=4)
+    probe = probe_on(model, 2)
+    probe.armed = True
+    caught = {}
+    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: caught.setdefault("h", out))
+    model(ids, attention_mask=mask)
+    handle.remove()
+    scores = importance(probe.attended(mask.bool()), "last", 3, None, 0)
+    probe.remove()
+    h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
+    starts = torch.tensor([[begins(int(i)) for i in row] for row in ids])  # (B, S) from the vocabulary's rule
+    want = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4, chunk=4, word_starts=starts)
+    fixed = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4, chunk=4)
+    assert not torch.equal(want.plan.first, fixed.plan.first)  # words make other runs than fixed ones
+
+    handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
+    with slerpmerge.merging(model, layer_cutoff=2, words=True, **common):
+        batch = model(ids, attention_mask=mask).logits
+        torch.testing.assert_close(caught["short"], want.hidden_states)
+        for row, n in enumerate([40, 29]):
+            alone = model(ids[row:row + 1, -n:]).logits[0]
+            torch.testing.assert_close(batch[row, batch.shape[1] - alone.shape[0]:], alone, atol=1e-4, rtol=1e-4)
+    handle.remove()
+
+
+def test_words_need_a_tokenizer_and_token_ids(tmp_path):
+    with pytest.raises(ValueError, match="words=True finds words with the model's tokenizer"):
+        slerpmerge.patch(tiny_model("llama"), layer_cutoff=1, method="prune", chunk=4, words=True)
+    with pytest.raises(ValueError, match="give chunk >= 2 with it"):
+        slerpmerge.patch(tiny_model("llama"), layer_cutoff=1, method="prune", words=True)
+    with pytest.raises(ValueError, match="words applies to method"):
+        slerpmerge.patch(tiny_model("llama"), layer_cutoff=1, words=True)
+    model = with_pieces(tiny_model("llama"), tmp_path)
+    ids, _ = ids_and_mask([20])
+    with slerpmerge.merging(model, layer_cutoff=1, method="prune", chunk=4, words=True):
+        with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+            model(inputs_embeds=model.model.embed_tokens(ids))

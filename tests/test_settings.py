@@ -107,6 +107,7 @@ def test_the_no_calibration_default_is_a_valid_scored_setting(num_layers):
     assert s.layer_cutoff == max(0, round(num_layers / 2) - 1)  # half the depth
     assert s.mix == {"score": "keynorm", "layer": min(2, s.layer_cutoff)}
     assert (s.keep_start, s.keep_end) == (4, 32) and 0.25 <= s.target <= 0.35
+    assert s.words and s.chunk >= 40  # whole words, a UUID of 36 tokens among them
 
 
 @pytest.mark.parametrize("name", BUILTIN_SHAPES)
@@ -127,13 +128,13 @@ def test_the_no_calibration_default_does_half_the_work_or_less(name):
         assert 1.5 <= speedup < 1.7, (length, speedup)
 
 
-def test_a_tiny_model_generates_with_the_no_calibration_default():
+def test_a_tiny_model_generates_with_the_no_calibration_default(tmp_path):
     import torch
 
     from slerpmerge.patching import merging
-    from tiny import tiny_model
+    from tiny import tiny_model, with_pieces
 
-    model = tiny_model("llama")
+    model = with_pieces(tiny_model("llama"), tmp_path)
     ids = torch.randint(3, 128, (1, 96), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), merging(model, **settings.default_settings(model.config.num_hidden_layers)):
         out = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)

@@ -27,6 +27,7 @@ import slerpmerge.settings  # noqa: E402
 from slerpmerge.merge import merged_length  # noqa: E402
 from slerpmerge.methods import METHODS  # noqa: E402
 from slerpmerge.vllm_plugin import engine_args  # noqa: E402
+from tiny import piece_tokenizer  # noqa: E402
 
 # head size 32 and blocks of 32: what vLLM's CPU attention accepts
 COMMON = dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -56,6 +57,7 @@ def saved_models(tmp_path_factory, configs: dict) -> dict:
         model = AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
         out[name] = tmp_path_factory.mktemp(name)
         model.save_pretrained(out[name])
+        piece_tokenizer().save_pretrained(out[name])  # words that span several tokens, for `words`
     return out
 
 
@@ -205,6 +207,8 @@ SETTINGS = {
     "guided": dict(layer_cutoff=1, method="guided", keep_start=4, keep_end=8, target=0.25, protect=0.5,
                    window=8, heads=[1, 3], spread=2),
     "prune": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8, chunk=3),
+    "prune-words": dict(layer_cutoff=2, method="prune", keep_start=4, keep_end=8, target=0.5, window=8, chunk=3,
+                        words=True),  # runs by the words of the folder's tokenizer
     "drop-reindex": dict(layer_cutoff=1, method="drop", keep_start=4, keep_end=8, positions="reindex"),
     "heavy": dict(layer_cutoff=1, method="prune", score="heavy", keep_start=4, keep_end=8, target=0.5),
     "expected": dict(layer_cutoff=1, method="prune", score="expected", keep_start=4, keep_end=8, target=0.5,

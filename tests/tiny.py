@@ -59,5 +59,32 @@ def tiny_tokenizer():
                                    padding_side="left")
 
 
+def piece_tokenizer():
+    """A word-piece tokenizer over the same ids: "w3", "w6", ... begin a word, the others ("##w4") continue one, so
+    that words span several tokens, as values do in real tokenizers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2,
+             **{("" if begins(i) else "##") + f"w{i}": i for i in range(3, COMMON["vocab_size"])}}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   padding_side="left")
+
+
+def begins(i: int) -> bool:
+    """Whether id ``i`` begins a word in `piece_tokenizer` (the special ids 0-2 stand alone)."""
+    return i < 3 or i % 3 == 0
+
+
+def with_pieces(model, folder):
+    """``model`` with `piece_tokenizer` saved in ``folder`` as its own (where a patched model finds its words)."""
+    piece_tokenizer().save_pretrained(folder)
+    model.name_or_path = model.config._name_or_path = str(folder)
+    return model
+
+
 def words(ids) -> str:
     return " ".join(f"w{int(i)}" for i in ids)

@@ -36,7 +36,7 @@ from .architecture import layer_types
 from .compat import Api, UnknownTransformers
 from .layer_inputs import LayerInputs, later_hook
 from .probe import Scoring
-from .rules import NO_BOS, lacks_bos, leading_bos
+from .rules import NO_BOS, lacks_bos, leading_bos, word_starts, word_table
 from .settings import MergeSettings
 from .state import Forward, Kept, Prompt, Record, held, stages
 
@@ -82,7 +82,12 @@ class Merger:
         self.call: Forward | None = None  # the decoder call under way
         self.inputs: list[LayerInputs | None] = [None] * len(self.stages)  # per stage, for that call
         self.prompt = Prompt()  # the last prefill, kept for its decode steps
-        self.bos = leading_bos(str(getattr(model, "name_or_path", "") or ""))  # warned about once, then None
+        path = str(getattr(model, "name_or_path", "") or "")
+        self.bos = leading_bos(path)  # warned about once, then None
+        self.words = word_table(path) if settings.words else None  # (V, 2): which tokens begin and end words
+        if settings.words and self.words is None:
+            raise ValueError(f"words=True finds words with the model's tokenizer, and none is saved at "
+                             f"{path or 'the model'}'s name_or_path: save the tokenizer beside the weights")
         self.reading = False  # the next prefill stops at the cutoff (`read`)
         self.pending = None  # (Kept, weak reference to the cache its question runs on), until that forward
         self.kept: Kept | None = None  # the kept context the call under way continues
@@ -140,17 +145,22 @@ class Merger:
             raise ValueError("a patched model takes a 2D (batch, seq) attention_mask; got a prepared mask")
         cache = self.api.cache(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
-        tokens = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-        if tokens is None and args:
-            tokens = args[0]
+        ids = kwargs.get("input_ids")
+        if ids is None and kwargs.get("inputs_embeds") is None and args:
+            ids = args[0]
+        tokens = ids if ids is not None else kwargs["inputs_embeds"]
         queries = tokens.shape[1]
         if mask is not None and cache is None and mask.shape[1] > queries:
             raise UnknownTransformers(
                 f"a decode step arrived (an attention mask over {mask.shape[1]} tokens for {queries} new ones) "
                 f"with no cache under {self.api.cache_arg!r}")
-        if past == 0 and self.bos is not None and kwargs.get("input_ids") is not None:
-            self._check_bos(kwargs["input_ids"], mask)
+        if past == 0 and self.bos is not None and ids is not None:
+            self._check_bos(ids, mask)
         self.call = Forward(mask, past, queries)
+        if self.words is not None:
+            if ids is None:
+                raise ValueError("words=True reads the prompt's token ids: pass input_ids, not inputs_embeds")
+            self.call.word_starts = word_starts(ids, self.words)  # (B, q)
         if self.pending is not None and self.pending[1]() is cache:  # a question on a kept context
             kept, self.pending = self.pending[0], None
             if past != kept.hidden.shape[1]:

@@ -6,8 +6,8 @@ module registers it under the name "slerpmerge" (lm-eval 0.4 reads no plugin ent
 ``slerpmerge lm-eval`` command imports it and hands the rest of its arguments to lm-eval's command line).
 
 Model arguments: ``pretrained`` (a built-in name or a local model folder or .gguf file), every `patch` setting
-(the fields of `MergeSettings`: ``method, layer_cutoff, keep_start, target, window, heads, spread, chunk``,
-...; lists as ``heads=[1,3]``; a ``mix`` through ``config``) and ``config=FILE`` (a `slerpmerge tune` file), over the model's
+(the fields of `MergeSettings`: ``method, layer_cutoff, keep_start, target, window, heads, spread, chunk,
+words``, ...; lists as ``heads=[1,3]``; a ``mix`` through ``config``) and ``config=FILE`` (a `slerpmerge tune` file), over the model's
 defaults as the CLI takes them; ``method=base`` (or ``none``) evaluates the model unpatched. Also ``dtype``
 (default float32), ``cache_dir``, and any argument of `HFLM` (``batch_size``, ``max_length``, ...).
 

@@ -62,6 +62,7 @@ def merge_sequence(
     target: float | None = None,
     protect: float | None = None,
     chunk: int | None = None,
+    word_starts: torch.Tensor | None = None,
 ) -> Merged:
     """Shorten ``hidden_states`` (B, S, D) by ``method`` (see `slerpmerge.methods`; the article's by default).
 
@@ -69,7 +70,8 @@ def merge_sequence(
     positions, by default their index among the row's real tokens. ``similarity`` / ``ratio``: merge only the
     pairs whose cosine reaches the threshold, or that fraction of them, the most similar first. ``scores`` (B, S):
     the importance of each token, for the scored methods, which keep ``target`` of each row's tokens, ``protect``
-    of those exact, ranking whole runs of ``chunk`` tokens. Rows may come out of different lengths: the output is
+    of those exact, ranking whole runs of ``chunk`` tokens (ending also at ``word_starts`` (B, S) bool, the tokens
+    that begin a word, where given). Rows may come out of different lengths: the output is
     then padded on the input's side (left when there was no padding).
     """
     m = methods.get(method)
@@ -79,6 +81,8 @@ def merge_sequence(
         raise ValueError(f"hidden_states must be (batch, seq, dim), got shape {tuple(hidden_states.shape)}")
     if m.scored and (scores is None or scores.shape != hidden_states.shape[:2]):
         raise ValueError(f"method {method!r} needs one score per token, (batch, seq), as `scores`")
+    if word_starts is not None and not m.scored:
+        raise ValueError(f"word_starts shape the runs of a scored method's ranking; {method!r} ranks nothing")
     batch, seq, _ = hidden_states.shape
     device = hidden_states.device
     # Output rows can differ in length (and so hold padding) when the input is padded or the plan reads values.
@@ -90,7 +94,10 @@ def merge_sequence(
         mask = torch.ones(batch, seq, dtype=torch.long, device=device) if attention_mask is None else attention_mask
         if mask.shape != (batch, seq):
             raise ValueError(f"attention_mask must be (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}")
-        rounds = m.group(methods.Tokens(mask.bool(), hidden_states, scores, keep_start, keep_end, options))
+        if word_starts is not None and word_starts.shape != (batch, seq):
+            raise ValueError(f"word_starts must be (batch, seq) = {(batch, seq)}, got {tuple(word_starts.shape)}")
+        rounds = m.group(methods.Tokens(mask.bool(), hidden_states, scores, keep_start, keep_end, options,
+                                        word_starts))
     if positions is None:
         positions = (mask.long().cumsum(1) - 1).clamp(min=0) if padded else torch.arange(seq, device=device)[None]
     positions = positions.expand(batch, seq).to(torch.float32)

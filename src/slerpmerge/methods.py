@@ -24,6 +24,7 @@ class Tokens:
     keep_start: int
     keep_end: int
     options: dict  # the method's own settings (similarity, ratio, target, protect, chunk)
+    word_starts: torch.Tensor | None = None  # (B, S) bool: the tokens that begin a word, for runs by words
 
 
 def pairs(tokens: Tokens) -> list[MergePlan]:
@@ -40,12 +41,12 @@ def pairs(tokens: Tokens) -> list[MergePlan]:
 def rounds(tokens: Tokens) -> list[MergePlan]:
     o = tokens.options
     return plan.plan_rounds(tokens.mask, tokens.scores, tokens.keep_start, tokens.keep_end, o["target"],
-                            o["protect"], o["chunk"])
+                            o["protect"], o["chunk"], tokens.word_starts)
 
 
 def select(tokens: Tokens) -> list[MergePlan]:
     return [plan.plan_select(tokens.mask, tokens.scores, tokens.keep_start, tokens.keep_end,
-                             tokens.options["target"], tokens.options["chunk"])]
+                             tokens.options["target"], tokens.options["chunk"], tokens.word_starts)]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Method:
 
 PAIR_OPTIONS = {"similarity": None, "ratio": None}
 SCORED_OPTIONS = {"target": 0.5, "score": "last", "score_layer": None, "mix": None, "window": None, "heads": None,
-                  "spread": 0, "chunk": 1}
+                  "spread": 0, "chunk": 1, "words": False}
 
 METHODS = {m.name: m for m in (
     Method("slerp", pairs, combine.slerp, False, PAIR_OPTIONS,

@@ -31,6 +31,7 @@ def patch(
     heads: Sequence[int] | None = None,
     spread: int | None = None,
     chunk: int | None = None,
+    words: bool | None = None,
 ):
     """Shorten the token sequence of ``model`` after decoder layer ``layer_cutoff`` (0-based; a list shortens
     again after each). Returns the model. See `MergeSettings` for the arguments and `slerpmerge.methods` for the
@@ -48,7 +49,7 @@ def patch(
     settings = MergeSettings.make(layer_cutoff, keep_start=keep_start, keep_end=keep_end, positions=positions,
                                   method=method, cache=cache, similarity=similarity, ratio=ratio, target=target,
                                   protect=protect, score=score, score_layer=score_layer, mix=mix, window=window,
-                                  heads=heads, spread=spread, chunk=chunk)
+                                  heads=heads, spread=spread, chunk=chunk, words=words)
     check_settings(settings, len(model.model.layers), model.config.num_attention_heads)
     model._slerpmerge = Merger(model, settings)
     return model

@@ -166,31 +166,45 @@ def middle_ranks(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep
 
 
 def chunk_scores(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep_end: int,
-                 chunk: int) -> torch.Tensor:
-    """(B, S): each middle token's score raised to the best in its chunk, the middle cut into runs of ``chunk``
-    tokens from its start, so that a plan keeps or loses a run whole. A value spelled in many tokens (a number a
-    digit a token, a UUID) then comes through with all its pieces or none, instead of cut where the ranking falls.
-    Tied chunks stay apart in the ranking (ties go to the earlier token): at most one chunk of a row is cut."""
+                 chunk: int, word_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, S): each middle token's score raised to the best in its run, so that a plan keeps or loses a run whole.
+    A value spelled in many tokens (a number a digit a token, a UUID) then comes through with all its pieces or
+    none, instead of cut where the ranking falls. Runs are ``chunk`` tokens from the middle's start; with
+    ``word_starts`` (B, S) bool, the tokens that begin a word, a run also ends where a word does, so that a word of up
+    to ``chunk`` tokens is one run wherever it sits. Tied runs stay apart in the ranking (ties go to the earlier
+    token): at most one run of a row is cut."""
     if chunk <= 1:
         return scores
     k, m, _ = _middle(mask, keep_start, keep_end)
     middle = mask & (k >= 0) & (k < m)
     seq = mask.shape[1]
-    unit = torch.where(middle, k.div(chunk, rounding_mode="floor"), seq)  # (B, S): chunk index, seq for the rest
+    unit = torch.where(middle, _runs(k, middle, chunk, word_starts), seq)  # (B, S): run index, seq for the rest
     values = torch.where(middle, scores.float(), -math.inf)
     best = torch.full((mask.shape[0], seq + 1), -math.inf, device=mask.device)
     best = best.scatter_reduce(1, unit, values, "amax")
     return torch.where(middle, best.gather(1, unit), scores.float())
 
 
+def _runs(k: torch.Tensor, middle: torch.Tensor, chunk: int, word_starts: torch.Tensor | None) -> torch.Tensor:
+    """(B, S) the run index of each middle token (k: its index in the middle): a run begins at the middle's
+    start, at a word's start, and every ``chunk`` tokens into a word."""
+    if word_starts is None:
+        return k.div(chunk, rounding_mode="floor")
+    word = middle & (word_starts.bool() | (k == 0))  # (B, S): where a word begins inside the middle
+    since = k - torch.where(word, k, -1).cummax(1).values  # (B, S): tokens since that word began
+    begins = middle & (since % chunk == 0)
+    return begins.long().cumsum(1) - 1
+
+
 def plan_select(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep_end: int,
-                target: float, chunk: int = 1) -> MergePlan:
+                target: float, chunk: int = 1, word_starts: torch.Tensor | None = None) -> MergePlan:
     """Keep the kept ends and the highest-scoring middle tokens (or chunks of ``chunk`` tokens), ``target`` of each
     row in all; drop the rest."""
     mask, keep_end = mask.bool(), scored_keep_end(keep_end)
     side = padding_side(mask) if mask.shape[1] else "left"
     _, _, ends = _middle(mask, keep_start, keep_end)
-    rank = middle_ranks(mask, chunk_scores(mask, scores, keep_start, keep_end, chunk), keep_start, keep_end)
+    rank = middle_ranks(mask, chunk_scores(mask, scores, keep_start, keep_end, chunk, word_starts), keep_start,
+                        keep_end)
     keep = mask & (rank < target_lengths(mask, keep_start, keep_end, target) - ends)
     return _plan_from_starts(keep, keep, side)
 
@@ -216,14 +230,14 @@ def protected_count(rank: torch.Tensor, budget: torch.Tensor, wanted: torch.Tens
 
 
 def plan_rounds(mask: torch.Tensor, scores: torch.Tensor, keep_start: int, keep_end: int, target: float,
-                protect: float, chunk: int = 1) -> list[MergePlan]:
+                protect: float, chunk: int = 1, word_starts: torch.Tensor | None = None) -> list[MergePlan]:
     """Keep the kept ends and the best-scoring ``protect`` share of the rest of each row's budget exact (ranked by
     chunks of ``chunk`` tokens); merge the other tokens with their neighbours, pair by pair, in rounds, until each
     row is down to ``target`` of its tokens. A round pairs the consecutive merged units of every unprotected
     stretch; the last round merges only the pairs it needs, those with the lowest summed score first. Returns the
     rounds' plans."""
     mask, keep_end = mask.bool(), scored_keep_end(keep_end)
-    scores = chunk_scores(mask, scores, keep_start, keep_end, chunk)
+    scores = chunk_scores(mask, scores, keep_start, keep_end, chunk, word_starts)
     rank = middle_ranks(mask, scores, keep_start, keep_end)
     _, _, ends = _middle(mask, keep_start, keep_end)
     length = target_lengths(mask, keep_start, keep_end, target)

@@ -22,7 +22,8 @@ def merge(m, k: int, hidden: torch.Tensor) -> torch.Tensor:
         start(m, hidden)
     scores = m.scorings[k].importance(call.mask) if m.scorings else None
     merged = merge_sequence(hidden, call.mask, s.keep_start, s.keep_end, s.method, call.positions,
-                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
+                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk,
+                            word_starts=call.word_starts)
     return enter(m, k, merged.hidden_states, merged.plan.mask, merged.positions)
 
 
@@ -66,7 +67,7 @@ def keep(m, hidden: torch.Tensor) -> Kept:
         if probe.window is not None:  # a sliding cache keeps only its window, and a question's tokens push
             keys[layer] = probe.attended(call.mask).keys  # the context's out of it
     mask = None if call.mask is None or bool(call.mask.all()) else call.mask.bool()
-    return Kept(hidden, mask, call.positions, keys, held(call.cache))
+    return Kept(hidden, mask, call.positions, keys, held(call.cache), call.word_starts)
 
 
 def reselect(m, hidden: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,8 @@ def reselect(m, hidden: torch.Tensor) -> torch.Tensor:
     window = min(s.score_window, int(question.sum(1).min()))  # the question's own last tokens score
     scores = m.scorings[0].importance(torch.cat([context, question], 1), keys, window)[:, :size]
     merged = merge_sequence(kept.hidden, context, s.keep_start, s.keep_end, s.method, kept.positions,
-                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
+                            s.similarity, s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk,
+                            word_starts=kept.word_starts)
     # from here on this call is the prefill of the chosen context and the question
     m.prompt = Prompt(cache=weakref.ref(call.cache), length=size + q, right_padded=not bool(question[:, -1].all()))
     call.past = 0

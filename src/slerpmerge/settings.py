@@ -40,6 +40,7 @@ class MergeSettings:
     heads: tuple[int, ...] | None = None  # scored methods: score with these query heads only (calibrated)
     spread: int | None = None  # scored methods: a token scores the best within this many tokens of it
     chunk: int | None = None  # scored methods: rank and keep runs of this many tokens whole (values stay whole)
+    words: bool | None = None  # scored methods: runs also end where words do (needs the model's tokenizer)
 
     def __hash__(self) -> int:  # (merged lengths are cached by settings) `mix` is a dict
         return hash(json.dumps(self.kwargs(), sort_keys=True))
@@ -103,7 +104,7 @@ class Term:
 
 
 OPTION_NAMES = ("similarity", "ratio", "target", "protect", "score", "score_layer", "mix", "window", "heads",
-                "spread", "chunk")
+                "spread", "chunk", "words")
 MIX_KEYS = ("score", "layer", "heads")
 _RANGES = {"similarity": (-1.0, 1.0, "a cosine threshold"), "ratio": (0.0, 1.0, "the fraction of pairs to merge"),
            "target": (0.0, 1.0, "the fraction of tokens kept"), "protect": (0.0, 1.0, "the share kept exact")}
@@ -138,6 +139,10 @@ def check_options(method: str, options: dict) -> dict:
         value = counts.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ValueError(f"{name} is {what} >= {least}, got {value!r}")
+    if given.get("words") is not None and not isinstance(given["words"], bool):
+        raise ValueError(f"words is True or False, got {given['words']!r}")
+    if given.get("words") and given.get("chunk", 1) < 2:
+        raise ValueError("words keeps words whole up to `chunk` tokens: give chunk >= 2 with it (e.g. 48)")
     return {**m.options, **given}
 
 
@@ -160,6 +165,8 @@ def check_settings(s: MergeSettings, num_layers: int, num_heads: int) -> None:
     if s.score_layer is not None and (len(cutoffs) > 1 or s.score_layer > cutoffs[0]):
         raise ValueError(f"score_layer ranks tokens for one cutoff, at or before it: in 0..{cutoffs[0]} with one "
                          f"layer_cutoff; got {s.score_layer} with {cutoff_label(s.layer_cutoff)}")
+    if s.words and len(cutoffs) > 1:
+        raise ValueError(f"words follows the prompt's own tokens: one layer_cutoff; got {cutoff_label(s.layer_cutoff)}")
     if s.mix is not None and (len(cutoffs) > 1 or s.mix.get("layer", 0) > cutoffs[0]):
         raise ValueError(f"mix ranks tokens for one cutoff, at a layer at or before it: in 0..{cutoffs[0]} with one "
                          f"layer_cutoff; got layer {s.mix.get('layer')} with {cutoff_label(s.layer_cutoff)}")
@@ -180,13 +187,13 @@ def default_settings(num_layers: int) -> dict:
     """For a model with no tuned defaults, a setting that needs no calibration: SmolLM2's recipe with every head.
 
     Prune after half the depth to 0.3 of the tokens, ranked by the last 8 tokens' attention over all heads and, as
-    the mix, all heads' key norms at layer 2 (numbers asked about later), kept in whole chunks of 8 tokens so that
-    a value spelled in many tokens keeps all its pieces. The ideal prefill speedup is 1.55-1.64x on the four
-    built-ins at 1024-4096 tokens (`bench.ideal`).
+    the mix, all heads' key norms at layer 2 (numbers asked about later), kept in whole words of up to 48 tokens
+    so that a value spelled in many tokens (a UUID in 36) keeps all its pieces; it reads the model's tokenizer for
+    them. The ideal prefill speedup is 1.55-1.64x on the four built-ins at 1024-4096 tokens (`bench.ideal`).
     """
     cutoff = cutoff_grid(num_layers, [0.5])[0]
-    return dict(method="prune", layer_cutoff=cutoff, target=0.3, window=8, spread=8, chunk=8, keep_start=4,
-                keep_end=32, mix={"score": "keynorm", "layer": min(2, cutoff)})
+    return dict(method="prune", layer_cutoff=cutoff, target=0.3, window=8, spread=8, chunk=48, words=True,
+                keep_start=4, keep_end=32, mix={"score": "keynorm", "layer": min(2, cutoff)})
 
 
 def cutoff_label(layer_cutoff) -> str:
@@ -249,6 +256,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=ints, help="scored methods: query heads that score (from a calibration)")
     g.add_argument("--spread", type=int, help="scored methods: a token scores the best within this many of it")
     g.add_argument("--chunk", type=int, help="scored methods: keep or drop runs of this many tokens whole")
+    g.add_argument("--words", action="store_true", default=None,
+                   help="scored methods: runs of --chunk also end where words do (a value stays whole)")
     g.add_argument("--config", type=Path, help="JSON file of patch settings (from `slerpmerge tune`)")
 
 

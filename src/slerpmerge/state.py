@@ -67,6 +67,7 @@ class Kept:
     positions: torch.Tensor  # (B, S): the tokens' true positions
     keys: dict  # score layer -> (B, H_kv, S, d) its keys, where its (sliding) cache does not hold them all
     held: tuple  # entries each layer's cache held after the read (`held`): a press that changes one is caught
+    word_starts: torch.Tensor | None = None  # (B, S) bool: the context's tokens that begin a word (`words`)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Forward:
     # as the next cutoff receives it, i.e. merged means after each stage)
     mask: torch.Tensor | None = None  # prefill: (B, S_k) padding mask of that sequence, or None
     reselect: bool = False  # a question continuing a kept context: the first cutoff chooses its tokens
+    word_starts: torch.Tensor | None = None  # (B, q) bool: this call's tokens that begin a word (`words`)
 
 
 def held(cache: DynamicCache) -> tuple[int, ...]:

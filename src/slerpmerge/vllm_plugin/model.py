@@ -23,7 +23,7 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.registry import _TEXT_GENERATION_MODELS
 
 from ..architecture import layer_types
-from ..rules import NO_BOS, lacks_bos, leading_bos
+from ..rules import NO_BOS, lacks_bos, leading_bos, word_table
 from .backend import shortened_backend
 from .config import ARCHITECTURES, PREFIX, check_engine, settings_from_config
 from .kvspec import short_spec
@@ -71,9 +71,15 @@ class Shortener:
             layer.self_attn.attn.get_kv_cache_spec = _short_blocks(layer.self_attn.attn.get_kv_cache_spec, s,
                                                                    block_size)
         self.later_names = [layer.self_attn.attn.layer_name for layer in later]
-        self.merger = PromptMerger(s, layers, types, hf_config)
+        tokenizer = str(vllm_config.model_config.tokenizer or "")
+        words = word_table(tokenizer) if s.words else None
+        if s.words and words is None:
+            raise ValueError(f"words=True finds words with the model's tokenizer; none could be read at {tokenizer!r}")
+        if s.words and getattr(vllm_config.model_config, "enable_prompt_embeds", False):
+            raise ValueError("words=True reads the prompts' token ids: no --enable-prompt-embeds")
+        self.merger = PromptMerger(s, layers, types, hf_config, words)
         self.step: dict = {}
-        self.bos = leading_bos(str(vllm_config.model_config.tokenizer or ""))  # warned about once, then None
+        self.bos = leading_bos(tokenizer)  # warned about once, then None
         # On the model, not its decoder: vLLM's compile decorator calls the decoder's forward directly, past hooks.
         model.register_forward_pre_hook(self._before_model, with_kwargs=True)
         model.register_forward_hook(self._after_model)
@@ -123,7 +129,7 @@ class Shortener:
             return None
         hidden, residual = output
         stream = hidden if residual is None else hidden + residual  # (T, D) the residual stream
-        short, step["owner"], true = self.merger.shorten(layout, stream, positions, step.get("qk"))
+        short, step["owner"], true = self.merger.shorten(layout, stream, positions, step.get("qk"), step["ids"])
         step.setdefault("later_positions", true if self.fractional else true.long())
         self._windows(layout, true)
         return short, torch.zeros_like(short)

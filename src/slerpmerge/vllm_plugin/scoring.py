@@ -10,6 +10,7 @@ from vllm.distributed import (get_tensor_model_parallel_rank, get_tensor_model_p
 
 from .. import methods
 from ..merge import merge_sequence
+from ..rules import word_starts
 from ..score import Attended, spread
 from ..scorers import SCORERS, importance, mixed
 
@@ -17,8 +18,9 @@ from ..scorers import SCORERS, importance, mixed
 class PromptMerger:
     """Merges each prompt's rows of a step as the settings say."""
 
-    def __init__(self, settings, layers, types: list[str], hf_config):
+    def __init__(self, settings, layers, types: list[str], hf_config, words: torch.Tensor | None = None):
         self.settings = settings
+        self.words = words  # (V, 2) which tokens begin and end words (`rules.word_table`), for `words`
         self.method = methods.get(settings.method)
         self.terms = settings.terms(settings.cutoffs[0])  # the rankings, each at its layer
         self.attn = {t.layer: layers[t.layer].self_attn.attn for t in self.terms}  # the attention each reads
@@ -27,10 +29,11 @@ class PromptMerger:
         self.softcap = getattr(hf_config, "attn_logit_softcapping", None)
         self.tp_size, self.tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
 
-    def shorten(self, layout, stream: torch.Tensor, positions: torch.Tensor, qk: dict | None):
-        """A step's rows ``stream`` (T, D) at ``positions`` (T,) -> its short rows (T', D), each row's short row
-        (T,) and the short rows' true positions (T',) float: each prompt the ``layout`` shortens merged, the rest
-        as they are."""
+    def shorten(self, layout, stream: torch.Tensor, positions: torch.Tensor, qk: dict | None,
+                ids: torch.Tensor | None = None):
+        """A step's rows ``stream`` (T, D) at ``positions`` (T,) with token ``ids`` (T,) -> its short rows (T', D),
+        each row's short row (T,) and the short rows' true positions (T',) float: each prompt the ``layout``
+        shortens merged, the rest as they are."""
         rows, seen, owner = [], [], []
         starts, shorts = layout.query_start.tolist(), layout.short_start.tolist()
         for i, prompt in enumerate(layout.prompt.tolist()):
@@ -41,7 +44,8 @@ class PromptMerger:
                 seen.append(positions[a:b].to(torch.float32))
                 owner.append(torch.arange(shorts[i], shorts[i + 1], device=stream.device))
                 continue
-            merged = self.merge(stream[a:b], positions[a:b], qk, a, b)
+            starts = None if self.words is None else word_starts(ids[a:b][None], self.words)  # (1, P)
+            merged = self.merge(stream[a:b], positions[a:b], qk, a, b, starts)
             if merged.plan.length != kept:
                 raise RuntimeError(f"slerpmerge: a prompt of {b - a} tokens merged to {merged.plan.length}, "
                                    f"the layout expected {kept}")
@@ -52,13 +56,16 @@ class PromptMerger:
             owner.append(shorts[i] + index)
         return torch.cat(rows), torch.cat(owner), torch.cat(seen)  # (T', D), (T,), (T',) float
 
-    def merge(self, rows: torch.Tensor, positions: torch.Tensor, qk: dict | None, a: int, b: int):
+    def merge(self, rows: torch.Tensor, positions: torch.Tensor, qk: dict | None, a: int, b: int,
+              starts: torch.Tensor | None = None):
         """``rows`` (P, D) and their ``positions`` (P,): the step's rows a..b; ``qk``: score layer -> the step's
-        (T, H·d) queries and (T, H_kv·d) keys, for a scored method."""
+        (T, H·d) queries and (T, H_kv·d) keys, for a scored method; ``starts`` (1, P): its tokens that begin a
+        word, for `words`."""
         s = self.settings
         scores = self.scores(qk, a, b) if self.method.scored else None
         return merge_sequence(rows[None], None, s.keep_start, s.keep_end, s.method, positions[None], s.similarity,
-                              s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk)
+                              s.ratio, scores=scores, target=s.target, protect=s.protect, chunk=s.chunk,
+                              word_starts=starts)
 
     def scores(self, qk: dict, a: int, b: int) -> torch.Tensor:
         """(1, P) the prompt's tokens scored by the setting's rankings (interleaved when it has two), over the chosen
