@@ -216,3 +216,13 @@ def test_a_prompt_without_the_tokenizers_bos_is_warned_about_once(tmp_path, adds
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(without)  # once per patch, and never where the tokenizer adds no <s>
+
+
+@torch.no_grad()
+def test_inputs_embeds_answer_as_their_ids():
+    model = tiny_model("llama")
+    ids, mask = ids_and_mask([30, 21])
+    with slerpmerge.merging(model, layer_cutoff=1, method="prune", target=0.5, keep_start=1, keep_end=2):
+        want = model(ids, attention_mask=mask).logits
+        got = model(inputs_embeds=model.model.embed_tokens(ids), attention_mask=mask).logits
+    torch.testing.assert_close(got, want)
