@@ -119,3 +119,7 @@ for s in gemma-prune-11 gemma-truncate-0.75; do .venv/bin/slerpmerge eval --mode
 # What a later question costs each way (alone on the machine):
 HF_HUB_OFFLINE=1 .venv/bin/python results/shapes/reselect_cost.py --model smollm2-135m --length 4096 --threads 2 \
     --runs 5 --out results/shapes/reselect-cost-smollm2-135m.jsonl
+# Several questions on one document, asked in turn (Qwen2.5-Coder-0.5B, its default), then the report:
+HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python results/shapes/several.py --model qwen2.5-coder-0.5b --length 2048 \
+    --documents 8 --out results/shapes/several-qwen2.5-coder-0.5b-2048.jsonl
+.venv/bin/python results/shapes/several.py --report results/shapes/several-qwen2.5-coder-0.5b-2048.jsonl
