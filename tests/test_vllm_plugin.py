@@ -547,6 +547,8 @@ def test_server_answers_refuses_bad_requests_and_keeps_serving(tmp_path):
     (dict(layer_cutoff=9), {}, "layer_cutoff must be in 0..3"),
     (dict(layer_cutoff=1, method="guided", target=0), {}, "target"),
     (dict(layer_cutoff=1), dict(enable_chunked_prefill=True), "--no-enable-chunked-prefill"),
+    (dict(layer_cutoff=1, method="prune", chunk=4, words=True), dict(enable_prompt_embeds=True),
+     "no --enable-prompt-embeds"),
 ])
 def test_a_bad_setting_or_engine_flag_fails_at_engine_start_with_a_clear_error(folders, settings, extra, message):
     with pytest.raises(Exception, match=message):
