@@ -44,8 +44,8 @@ class PromptMerger:
                 seen.append(positions[a:b].to(torch.float32))
                 owner.append(torch.arange(shorts[i], shorts[i + 1], device=stream.device))
                 continue
-            starts = None if self.words is None else word_starts(ids[a:b][None], self.words)  # (1, P)
-            merged = self.merge(stream[a:b], positions[a:b], qk, a, b, starts)
+            begins = None if self.words is None else word_starts(ids[a:b][None], self.words)  # (1, P)
+            merged = self.merge(stream[a:b], positions[a:b], qk, a, b, begins)
             if merged.plan.length != kept:
                 raise RuntimeError(f"slerpmerge: a prompt of {b - a} tokens merged to {merged.plan.length}, "
                                    f"the layout expected {kept}")
