@@ -191,6 +191,15 @@ def test_bad_scores_are_refused():
         check_options("slerp", {"score": "heavy"})
 
 
+def cutoff_output(model, layer: int, ids, mask):
+    """(B, S, D) what the unpatched model's ``layer`` outputs on the prompt (the merge's input at that cutoff)."""
+    caught = []
+    handle = model.model.layers[layer].register_forward_hook(lambda m, a, out: caught.append(out))
+    model(ids, attention_mask=mask)
+    handle.remove()
+    return caught[0][0] if isinstance(caught[0], tuple) else caught[0]
+
+
 @torch.no_grad()
 def test_score_layer_ranks_at_an_earlier_layer():
     """The tokens that go on past the cutoff are those a probe at the score layer ranks best: the merge of the
@@ -203,17 +212,14 @@ def test_score_layer_ranks_at_an_earlier_layer():
     with slerpmerge.merging(model, layer_cutoff=2, score_layer=2, **common):
         torch.testing.assert_close(model(ids, attention_mask=mask).logits, at_cutoff)
 
-    caught = {}
     probe = probe_on(model, 0)
     probe.armed = True
-    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: caught.setdefault("h", out))
-    model(ids, attention_mask=mask)
-    handle.remove()
+    h = cutoff_output(model, 2, ids, mask)
     scores = importance(probe.attended(mask.bool()), "keynorm", 8, None, 0)
     probe.remove()
-    h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
     want = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4).hidden_states
 
+    caught = {}
     handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
     with slerpmerge.merging(model, layer_cutoff=2, score_layer=0, **common):
         assert not torch.allclose(model(ids, attention_mask=mask).logits[:, -1], at_cutoff[:, -1])
@@ -307,18 +313,15 @@ def test_runs_follow_the_tokenizers_words(tmp_path):
     common = dict(method="prune", target=0.4, keep_start=1, keep_end=2, window=3, chunk=4)
     probe = probe_on(model, 2)
     probe.armed = True
-    caught = {}
-    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: caught.setdefault("h", out))
-    model(ids, attention_mask=mask)
-    handle.remove()
+    h = cutoff_output(model, 2, ids, mask)
     scores = importance(probe.attended(mask.bool()), "last", 3, None, 0)
     probe.remove()
-    h = caught["h"][0] if isinstance(caught["h"], tuple) else caught["h"]
     starts = torch.tensor([[begins(int(i)) for i in row] for row in ids])  # (B, S) from the vocabulary's rule
     want = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4, chunk=4, word_starts=starts)
     fixed = merge_sequence(h, mask, 1, 2, "prune", scores=scores, target=0.4, chunk=4)
     assert not torch.equal(want.plan.first, fixed.plan.first)  # words make other runs than fixed ones
 
+    caught = {}
     handle = model.model.layers[3].register_forward_pre_hook(lambda m, a: caught.__setitem__("short", a[0]))
     with slerpmerge.merging(model, layer_cutoff=2, words=True, **common):
         batch = model(ids, attention_mask=mask).logits

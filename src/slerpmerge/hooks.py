@@ -157,7 +157,7 @@ class Merger:
         if past == 0 and self.bos is not None and ids is not None:
             self._check_bos(ids, mask)
         self.call = Forward(mask, past, queries)
-        if self.words is not None:
+        if self.words is not None and past == 0:  # a prefill plans; a question reads its context's (`Kept`)
             if ids is None:
                 raise ValueError("words=True reads the prompt's token ids: pass input_ids, not inputs_embeds")
             self.call.word_starts = word_starts(ids, self.words)  # (B, q)
