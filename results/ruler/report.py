@@ -1,6 +1,7 @@
 """RULER rows as the markdown tables of docs/results.md: each setting's average over the 13 tasks with its
 bootstrap 95 % interval, and its score per task, over the first --items items of every task (so that every task
-stands on as many items, as a run cut off part way through a larger count leaves them). From the repository root:
+stands on as many items, as a run cut off part way through a larger count leaves them). Several files (`eval`'s
+results.jsonl, presses.py's presses.jsonl) read as one. From the repository root:
 
     .venv/bin/python results/ruler/report.py results/ruler/smollm2-135m-4096/results.jsonl --items 5 \\
         --settings results/ruler/settings-smollm2-135m.jsonl
@@ -24,11 +25,11 @@ SHORT = ("s1", "s2", "s3", "mk1", "mk2", "mk3", "mv", "mq", "vt", "cwe", "fwe", 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results")
+    p.add_argument("results", nargs="+", help="rows in eval's format")
     p.add_argument("--items", type=int, required=True, help="the first this many items of every task")
     p.add_argument("--settings", help="JSON lines: the settings to show, in this order (default: all)")
     args = p.parse_args()
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
+    rows = [json.loads(line) for path in args.results for line in Path(path).read_text().splitlines()]
     rows = [r for r in rows if r["item"] < args.items and ":" not in r["kind"]]
     order = ([key(json.loads(line)) for line in Path(args.settings).read_text().splitlines() if line.strip()]
              if args.settings else sorted({r["setting"] for r in rows}))
