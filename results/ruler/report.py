@@ -27,18 +27,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", help="rows in eval's format")
     p.add_argument("--items", type=int, required=True, help="the first this many items of every task")
-    p.add_argument("--settings", help="JSON lines: the settings to show, in this order (default: all)")
+    p.add_argument("--shape", default="end", help="where the question sits (eval's --shapes): end, later, reselect")
+    p.add_argument("--settings", help="JSON lines: the settings to show, in this order (default: all), then the presses")
     args = p.parse_args()
     rows = [json.loads(line) for path in args.results for line in Path(path).read_text().splitlines()]
-    rows = [r for r in rows if r["item"] < args.items and ":" not in r["kind"]]
+    rows = [{**r, "kind": r["kind"].partition(":")[0]} for r in rows
+            if r["item"] < args.items and r["kind"].partition(":")[2] == ("" if args.shape == "end" else args.shape)]
     order = ([key(json.loads(line)) for line in Path(args.settings).read_text().splitlines() if line.strip()]
-             if args.settings else sorted({r["setting"] for r in rows}))
+             if args.settings else sorted({r["setting"] for r in rows if r["method"] != "kvpress"}))
+    order += sorted({r["setting"] for r in rows if r["method"] == "kvpress"})  # presses.py's, after the settings
     per_task = defaultdict(lambda: defaultdict(list))
     for r in rows:
         per_task[r["setting"]][r["kind"]].append(r["score"])
     averages = {a["settings_json"]: a for a in ruler_averages(rows, {})}
-    print(f"{rows[0]['model']}, RULER at {rows[0]['length']} tokens, the first {args.items} items of each task "
-          f"({args.items * len(TASKS)} in all)\n")
+    print(f"{rows[0]['model']}, RULER at {rows[0]['length']} tokens, question {args.shape}, the first {args.items} "
+          f"items of each task ({args.items * len(TASKS)} in all)\n")
     print("columns: " + ", ".join(f"{s} {t}" for s, t in zip(SHORT, TASKS)) + "\n")
     print("| setting | average (95 % interval) | kept tokens | " + " | ".join(SHORT) + " |")
     print("| --- " * (len(TASKS) + 3) + "|")
