@@ -18,13 +18,14 @@ $S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 \
 $S bench --model smollm2-135m --threads 2 --runs 9 --lengths 256 --cutoffs 3,19,25,29 \
   --out $B/smollm2-135m-cpu-decode256 | tee $B/smollm2-135m-cpu-decode256.txt
 
-# SmolLM2's built-in default (prune @14 with a mix of layer 2's key norms, whole words): its score and plan beside a
-# layer.
-$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048,4096 --method prune --layer-cutoff 14 --target 0.25 \
-  --heads 1,3 --window 8 --spread 8 --chunk 48 --words --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
+# SmolLM2's built-in default (prune @14 with a mix of layer 2's key norms, whole words) at 2048 tokens.
+$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 2048 --decode-tokens 0 --method prune --layer-cutoff 14 \
+  --target 0.25 --heads 1,3 --window 8 --spread 8 --chunk 48 --words --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
+  --out $B/smollm2-135m-cpu-default-words
+# The same setting ranking single tokens (no --chunk, --words): its score and plan beside a layer at 1024 and 2048.
+$S bench --model smollm2-135m --threads 2 --runs 5 --lengths 1024,2048 --method prune --layer-cutoff 14 --target 0.25 \
+  --heads 1,3 --window 8 --spread 8 --keep-start 4 --keep-end 32 --mix keynorm@2:0 \
   --out $B/smollm2-135m-cpu-default | tee $B/smollm2-135m-cpu-default.txt
-# (the rows in smollm2-135m-cpu-default were timed before `words`; smollm2-135m-cpu-default-words is this command at
-# --lengths 2048 --decode-tokens 0 --out $B/smollm2-135m-cpu-default-words)
 
 # Gemma 3's built-in default (guided @11 with a mix of layer 2's key norms).
 $S bench --model gemma3-270m --threads 2 --runs 5 --lengths 1024,2048 --method guided --layer-cutoff 11 --target 0.25 \

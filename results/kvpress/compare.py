@@ -95,6 +95,19 @@ def applied(model, method: dict):
 
 
 @torch.inference_mode()
+def kv_fraction(model, patch: dict, ids: torch.Tensor) -> float:
+    """The KV bytes a slerpmerge setting's prefill of ``ids`` leaves, as a fraction of the base model's: the ratio a
+    press is set to for the same KV bytes."""
+    from slerpmerge.context import prefill
+
+    base = DynamicCache(config=model.config)
+    model(ids, **cache_kwargs(model, base), use_cache=True, logits_to_keep=1)
+    with merging(model, **patch):
+        short = prefill(model, ids).cache
+    return cache_bytes(short) / cache_bytes(base)
+
+
+@torch.inference_mode()
 def read(model, context: torch.Tensor, question: torch.Tensor):
     """Context then question into a fresh cache, under whatever the caller applied; the last logits (V,) and the
     cache."""

@@ -21,27 +21,14 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
-import slerpmerge
-from slerpmerge.bench.timing import cache_bytes
 from slerpmerge.compat import cache_kwargs
 from slerpmerge.evaluate import ruler
 from slerpmerge.evaluate.runs import key
 from slerpmerge.models import BUILTINS, is_chat, load, resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvpress"))
-from compare import pressed, read  # noqa: E402  (results/kvpress/compare.py: the press hooks, Gemma 3 included)
-
-
-@torch.inference_mode()
-def kv_fraction(model, patch: dict, ids: torch.Tensor) -> float:
-    """The KV bytes the setting's prefill of ``ids`` leaves, as a fraction of the base model's."""
-    base = DynamicCache(config=model.config)
-    model(ids, **cache_kwargs(model, base), use_cache=True, logits_to_keep=1)
-    with slerpmerge.merging(model, **patch):
-        short = slerpmerge.prefill(model, ids).cache
-    return cache_bytes(short) / cache_bytes(base)
+from compare import kv_fraction, pressed, read  # noqa: E402  (results/kvpress/compare.py: the press hooks, Gemma 3 included)
 
 
 @torch.inference_mode()

@@ -21,11 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
-import slerpmerge
-from slerpmerge.bench.timing import cache_bytes
-from slerpmerge.compat import cache_kwargs
 from slerpmerge.evaluate.corpus import read_texts, token_stream
 from slerpmerge.evaluate.shapes import answer, shaped
 from slerpmerge.evaluate.tasks import TASKS, correct
@@ -37,7 +33,7 @@ ANSWER_TOKENS = 8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvpress"))
 try:  # the peers environment
-    from compare import decode, pressed, read
+    from compare import decode, kv_fraction, pressed, read
 except ImportError:
     pressed = None
 
@@ -63,16 +59,6 @@ def press_answer(model, context, question, shape: str, press: str, ratio: float)
 def held(cache) -> int:
     """The entries of the cache's longest layer (on Gemma 3 a pressed full-attention one, not a sliding one)."""
     return max(layer.keys.shape[-2] for layer in cache.layers)
-
-
-@torch.inference_mode()
-def kv_fraction(model, patch: dict, context: torch.Tensor) -> float:
-    """The KV bytes a setting's prefill of ``context`` leaves, as a fraction of the base model's."""
-    base = DynamicCache(config=model.config)
-    model(context, **cache_kwargs(model, base), use_cache=True, logits_to_keep=1)
-    with slerpmerge.merging(model, **patch):
-        short = slerpmerge.prefill(model, context).cache
-    return cache_bytes(short) / cache_bytes(base)
 
 
 def main() -> None:
